@@ -1,0 +1,217 @@
+//! Every command of the `arp-host` binary: argument parsing and what each command prints.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::pdp::{
+    self, AdmissionError, AdmissionLimits, CompiledPolicy, EngineConfig, PolicyEngine,
+    PolicyLimits,
+};
+use crate::runner::{self, CaseFileError};
+
+/// Hosts ARP agents for many tenants. Tenant policies run as sandboxed WebAssembly
+/// components; the `policy` commands run them locally on the same engine as the server.
+#[derive(Debug, Parser)]
+#[command(name = "arp-host", version, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check, test and benchmark policy components locally (the same engine as the server).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+/// `arp-host policy ...`
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Run admission on a component: print its digest and world, or why it is refused.
+    ///
+    /// Exits 0 when the component would be accepted, 2 when it is refused.
+    Check {
+        /// The policy component (`.wasm`).
+        file: PathBuf,
+    },
+    /// Run test cases against a policy and print pass/fail per case.
+    ///
+    /// CASES is JSON or YAML: a list of `{name, request, expect}` (or `{cases: [...]}`),
+    /// where `expect` has `effect` and optionally `policies_fired` (compared as a set),
+    /// `obligations`, `reasons` and `max_fuel`. The golden `pdp-cases.json` schema is read
+    /// as well: its `policies` become the connection's `cedar_policies`. Exits 1 if any
+    /// case fails.
+    Test {
+        /// The policy component (`.wasm`).
+        file: PathBuf,
+        /// The case file (JSON or YAML).
+        cases: PathBuf,
+        /// Limits for every decision.
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// Measure decision latency (p50/p95/p99), decisions/s and fuel per decision.
+    ///
+    /// Every decision runs in a fresh instance, exactly as on the server, on one thread.
+    Bench {
+        /// The policy component (`.wasm`).
+        file: PathBuf,
+        /// The case file (JSON or YAML); cases run round-robin.
+        cases: PathBuf,
+        /// Decisions to measure.
+        #[arg(long, default_value_t = 5000)]
+        iterations: usize,
+        /// Decisions to run before measuring.
+        #[arg(long, default_value_t = 500)]
+        warmup: usize,
+        /// Limits for every decision.
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+}
+
+/// Per-decision limits, defaulting to the server's defaults.
+#[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// Fuel per decision.
+    #[arg(long)]
+    pub fuel: Option<u64>,
+    /// Wall-clock deadline per decision, in milliseconds.
+    #[arg(long)]
+    pub deadline_ms: Option<u64>,
+    /// Linear memory limit, in MiB.
+    #[arg(long)]
+    pub memory_mib: Option<usize>,
+    /// Output size limit, in KiB.
+    #[arg(long)]
+    pub output_kib: Option<usize>,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> PolicyLimits {
+        let defaults = PolicyLimits::default();
+        PolicyLimits {
+            fuel: self.fuel.unwrap_or(defaults.fuel),
+            deadline_ms: self.deadline_ms.unwrap_or(defaults.deadline_ms),
+            memory_bytes: self.memory_mib.map_or(defaults.memory_bytes, |m| m << 20),
+            output_bytes: self.output_kib.map_or(defaults.output_bytes, |k| k << 10),
+            ..defaults
+        }
+    }
+}
+
+/// Errors that end a command.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The engine could not start.
+    #[error("{0}")]
+    Engine(#[from] pdp::engine::EngineError),
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The policy was refused at admission.
+    #[error("{path} refused ({code}): {source}", code = source.code())]
+    Refused {
+        /// The file.
+        path: String,
+        /// Why.
+        source: AdmissionError,
+    },
+    /// The case file is unusable.
+    #[error("{0}")]
+    Cases(#[from] CaseFileError),
+}
+
+impl CliError {
+    /// 2 for every error: bad input, not a failed test.
+    pub fn exit_code(&self) -> ExitCode {
+        ExitCode::from(2)
+    }
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    match cli.command {
+        Command::Policy(command) => run_policy(command),
+    }
+}
+
+fn run_policy(command: PolicyCommand) -> Result<ExitCode, CliError> {
+    let engine = Arc::new(PolicyEngine::new(EngineConfig::default())?);
+    match command {
+        PolicyCommand::Check { file } => {
+            let policy = load_policy(&engine, &file)?;
+            println!("accepted {}", file.display());
+            println!("  digest: {}", policy.digest);
+            println!("  world:  {}@{}", pdp::bindings::WORLD_PACKAGE, pdp::bindings::WORLD_VERSION);
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCommand::Test {
+            file,
+            cases,
+            limits,
+        } => {
+            let cases = runner::load_cases(&cases)?;
+            let policy = load_policy(&engine, &file)?;
+            let outcomes = runner::run_cases(&engine, &policy, &limits.limits(), &cases);
+            print!("{}", runner::render_outcomes(&outcomes));
+            Ok(if outcomes.iter().all(runner::CaseOutcome::passed) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        PolicyCommand::Bench {
+            file,
+            cases,
+            iterations,
+            warmup,
+            limits,
+        } => {
+            let cases = runner::load_cases(&cases)?;
+            let policy = load_policy(&engine, &file)?;
+            eprintln!("running {warmup} warm-up and {iterations} measured decisions ...");
+            let report =
+                runner::bench(&engine, &policy, &limits.limits(), &cases, warmup, iterations);
+            println!(
+                "{} decisions over {} cases: p50 {:.1} µs, p95 {:.1} µs, p99 {:.1} µs, {:.0} decisions/s, {} fuel/decision",
+                report.decisions,
+                cases.len(),
+                report.p50_us,
+                report.p95_us,
+                report.p99_us,
+                report.per_second,
+                report.mean_fuel
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Reads and admits a component, telling the user what takes time.
+fn load_policy(engine: &Arc<PolicyEngine>, file: &Path) -> Result<CompiledPolicy, CliError> {
+    let path = file.display().to_string();
+    let bytes = std::fs::read(file).map_err(|source| CliError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    eprint!("compiling and pre-initialising {path} ({} KiB) ... ", bytes.len() / 1024);
+    let _ = std::io::stderr().flush();
+    let started = Instant::now();
+    let admitted = pdp::admit(engine, &bytes, &AdmissionLimits::default());
+    eprintln!("{} ms", started.elapsed().as_millis());
+    admitted.map_err(|source| CliError::Refused { path, source })
+}

@@ -1,0 +1,9 @@
+//! arp-host: hosts ARP agents for many tenants. Each inbound envelope is verified, decided
+//! by the tenant's policy (a WebAssembly component, see [`pdp`]), audited and delivered.
+//!
+//! Where to start reading: [`pdp::engine`] runs one policy decision; [`cli`] is every
+//! command of the `arp-host` binary; [`runner`] is the local policy runner.
+
+pub mod cli;
+pub mod pdp;
+pub mod runner;

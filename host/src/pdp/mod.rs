@@ -1,0 +1,19 @@
+//! The policy decision point: tenant policies as sandboxed WebAssembly components.
+//!
+//! Start at [`engine`] (wasmtime setup, limits, one decision), then [`admission`] (what
+//! an upload must pass) and [`Pdp`] (per-tenant scheduling off the async reactor).
+
+pub mod admission;
+pub mod bindings;
+pub mod decision;
+pub mod engine;
+pub mod limits;
+pub mod request;
+mod scheduler;
+
+pub use admission::{AdmissionError, AdmissionLimits, admit, digest_of, inspect};
+pub use decision::{Decision, Effect, PolicyFailure};
+pub use engine::{CompiledPolicy, EngineConfig, PolicyEngine};
+pub use limits::PolicyLimits;
+pub use request::{Connection, Entity, EntityRef, Message, Obligation, PolicyRequest};
+pub use scheduler::Pdp;
