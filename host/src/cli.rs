@@ -9,8 +9,8 @@ use std::time::Instant;
 use clap::{Args, Parser, Subcommand};
 
 use crate::pdp::{
-    self, AdmissionError, AdmissionLimits, CompiledPolicy, EngineConfig, PolicyEngine,
-    PolicyLimits,
+    self, AdmissionError, AdmissionLimits, CompiledPolicy, EngineConfig, Entity, PolicyEngine,
+    PolicyLimits, PolicyRequest,
 };
 use crate::runner::{self, CaseFileError};
 
@@ -35,9 +35,11 @@ pub enum Command {
 /// `arp-host policy ...`
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
-    /// Run admission on a component: print its digest and world, or why it is refused.
+    /// Run admission on a component, then one probe decision under the default limits.
     ///
-    /// Exits 0 when the component would be accepted, 2 when it is refused.
+    /// Prints the digest and world, or why the component is refused; then what the
+    /// probe decided, or why it failed (out of fuel, timeout, memory, trap, output).
+    /// Exits 0 when both pass, 1 when the probe fails, 2 when admission refuses.
     Check {
         /// The policy component (`.wasm`).
         file: PathBuf,
@@ -156,8 +158,33 @@ fn run_policy(command: PolicyCommand) -> Result<ExitCode, CliError> {
             let policy = load_policy(&engine, &file)?;
             println!("accepted {}", file.display());
             println!("  digest: {}", policy.digest);
-            println!("  world:  {}@{}", pdp::bindings::WORLD_PACKAGE, pdp::bindings::WORLD_VERSION);
-            Ok(ExitCode::SUCCESS)
+            println!(
+                "  world:  {}@{}",
+                pdp::bindings::WORLD_PACKAGE,
+                pdp::bindings::WORLD_VERSION
+            );
+            let probe =
+                engine.evaluate(&policy, &PolicyLimits::default(), &probe_request().to_wit());
+            match &probe.failure {
+                None => {
+                    println!(
+                        "  probe:  {} (reasons {:?}, fuel {})",
+                        probe.effect.as_str(),
+                        probe.reasons,
+                        probe.fuel_used
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Some(failure) => {
+                    println!(
+                        "  probe:  FAILED {}: {} (fuel {})",
+                        failure.code(),
+                        failure.detail().unwrap_or("no detail"),
+                        probe.fuel_used
+                    );
+                    Ok(ExitCode::FAILURE)
+                }
+            }
         }
         PolicyCommand::Test {
             file,
@@ -184,8 +211,14 @@ fn run_policy(command: PolicyCommand) -> Result<ExitCode, CliError> {
             let cases = runner::load_cases(&cases)?;
             let policy = load_policy(&engine, &file)?;
             eprintln!("running {warmup} warm-up and {iterations} measured decisions ...");
-            let report =
-                runner::bench(&engine, &policy, &limits.limits(), &cases, warmup, iterations);
+            let report = runner::bench(
+                &engine,
+                &policy,
+                &limits.limits(),
+                &cases,
+                warmup,
+                iterations,
+            );
             println!(
                 "{} decisions over {} cases: p50 {:.1} µs, p95 {:.1} µs, p99 {:.1} µs, {:.0} decisions/s, {} fuel/decision",
                 report.decisions,
@@ -201,6 +234,27 @@ fn run_policy(command: PolicyCommand) -> Result<ExitCode, CliError> {
     }
 }
 
+/// A minimal request any policy must survive: a ping on a connection without policies.
+fn probe_request() -> PolicyRequest {
+    let entity = |kind: &str, id: &str| Entity {
+        kind: kind.into(),
+        id: id.into(),
+        attrs: serde_json::json!({}),
+        parents: Vec::new(),
+    };
+    PolicyRequest {
+        tenant: "probe".into(),
+        principal: entity("Agent", "did:web:probe.agent"),
+        action: "ping".into(),
+        target: entity("Resource", "default"),
+        entities: Vec::new(),
+        context: serde_json::json!({}),
+        connection: Default::default(),
+        message: Default::default(),
+        now_ms: 1_752_000_000_000,
+    }
+}
+
 /// Reads and admits a component, telling the user what takes time.
 fn load_policy(engine: &Arc<PolicyEngine>, file: &Path) -> Result<CompiledPolicy, CliError> {
     let path = file.display().to_string();
@@ -208,7 +262,10 @@ fn load_policy(engine: &Arc<PolicyEngine>, file: &Path) -> Result<CompiledPolicy
         path: path.clone(),
         source,
     })?;
-    eprint!("compiling and pre-initialising {path} ({} KiB) ... ", bytes.len() / 1024);
+    eprint!(
+        "compiling and pre-initialising {path} ({} KiB) ... ",
+        bytes.len() / 1024
+    );
     let _ = std::io::stderr().flush();
     let started = Instant::now();
     let admitted = pdp::admit(engine, &bytes, &AdmissionLimits::default());

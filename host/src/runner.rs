@@ -10,8 +10,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::pdp::{
-    CompiledPolicy, Decision, Effect, Entity, Obligation, PolicyEngine, PolicyLimits,
-    PolicyRequest,
+    CompiledPolicy, Decision, Effect, Entity, Obligation, PolicyEngine, PolicyLimits, PolicyRequest,
 };
 
 /// What a case expects. Unset fields are not checked.
@@ -204,9 +203,11 @@ pub fn load_cases(path: &Path) -> Result<Vec<Case>, CaseFileError> {
         reason,
     })?;
     let cases = match parsed {
-        CaseFile::Golden(golden) if golden.format.starts_with("arp-golden-vectors/pdp") => {
-            golden.cases.into_iter().map(GoldenCase::into_case).collect()
-        }
+        CaseFile::Golden(golden) if golden.format.starts_with("arp-golden-vectors/pdp") => golden
+            .cases
+            .into_iter()
+            .map(GoldenCase::into_case)
+            .collect(),
         CaseFile::Golden(golden) => {
             return Err(CaseFileError::Format {
                 path: display,
@@ -256,9 +257,7 @@ pub fn check(expect: &Expectation, decision: &Decision) -> Vec<String> {
         let want: BTreeSet<&String> = fired.iter().collect();
         let got: BTreeSet<&String> = decision.policies_fired.iter().collect();
         if want != got {
-            mismatches.push(format!(
-                "policies_fired: expected {want:?}, got {got:?}"
-            ));
+            mismatches.push(format!("policies_fired: expected {want:?}, got {got:?}"));
         }
     }
     if let Some(obligations) = &expect.obligations

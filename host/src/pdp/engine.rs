@@ -3,6 +3,7 @@
 //! and a fresh `Store` for every decision, so no state crosses requests or tenants.
 
 use std::future::Future;
+use std::path::Path;
 use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -232,8 +233,10 @@ impl PolicyEngine {
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(config.pool_instances)
             .total_core_instances(config.pool_instances * 16)
-            .total_memories(config.pool_instances * 4)
-            .total_tables(config.pool_instances * 4)
+            // A Rust wasip2 component has one memory and a few tables; each memory slot
+            // reserves (not commits) 4 GiB of address space, so keep the count tight.
+            .total_memories(config.pool_instances * 2)
+            .total_tables(config.pool_instances * 8)
             .total_stacks(config.pool_instances)
             .max_memory_size(config.max_memory_bytes)
             .max_core_instances_per_component(64)
@@ -310,6 +313,43 @@ impl PolicyEngine {
         Ok(CompiledPolicy { digest, pre })
     }
 
+    /// Loads a compiled artifact written by [`store_artifact`](Self::store_artifact).
+    /// `None` if it is missing or was built by an incompatible engine.
+    pub(crate) fn load_artifact(&self, path: &Path) -> Option<Component> {
+        if !path.is_file() {
+            return None;
+        }
+        // SAFETY: wasmtime runs deserialized machine code as is. The only files read
+        // here are the registry's own cache, written by `store_artifact` of this host
+        // into a directory the host owns; uploads never reach this path, they are
+        // always compiled from their Wasm bytes. wasmtime itself refuses artifacts of
+        // another version or configuration.
+        #[allow(unsafe_code)]
+        let component = unsafe { Component::deserialize_file(&self.engine, path) };
+        component.ok()
+    }
+
+    /// Writes a policy's compiled form for [`load_artifact`](Self::load_artifact),
+    /// atomically, so a crash never leaves a torn artifact behind.
+    pub(crate) fn store_artifact(
+        &self,
+        policy: &CompiledPolicy,
+        path: &Path,
+    ) -> std::io::Result<()> {
+        let bytes = policy
+            .pre
+            .instance_pre()
+            .component()
+            .serialize()
+            .map_err(|e| std::io::Error::other(describe(&e)))?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let partial = path.with_extension("partial");
+        std::fs::write(&partial, bytes)?;
+        std::fs::rename(partial, path)
+    }
+
     fn new_store(&self, limits: &PolicyLimits) -> Store<GuestState> {
         let stderr = MemoryOutputPipe::new(STDERR_CAPTURE_BYTES);
         let wasi = WasiCtxBuilder::new()
@@ -375,17 +415,22 @@ fn classify(error: &wasmtime::Error, state: &GuestState) -> PolicyFailure {
         Some(Trap::Interrupt) => PolicyFailure::Timeout,
         Some(trap) => {
             let stderr = state.stderr.contents();
-            let message = String::from_utf8_lossy(&stderr);
-            let message = message.trim();
+            // One line: a panic message spans two, and reasons are shown one per line.
+            let message = String::from_utf8_lossy(&stderr)
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
             if message.is_empty() {
                 PolicyFailure::Trap(trap.to_string())
             } else {
                 PolicyFailure::Trap(format!("{trap}: {message}"))
             }
         }
-        None if error.to_string().contains("instance") && error.to_string().contains("pool") => {
-            PolicyFailure::Unavailable(describe(error))
+        // The store's instance/table/memory counts (see `GuestLimiter::instances`).
+        None if describe(error).contains("resource limit exceeded") => {
+            PolicyFailure::MemoryLimit(describe(error))
         }
+        None if describe(error).contains("pool") => PolicyFailure::Unavailable(describe(error)),
         None => PolicyFailure::Trap(describe(error)),
     }
 }

@@ -8,6 +8,7 @@ pub mod bindings;
 pub mod decision;
 pub mod engine;
 pub mod limits;
+pub mod registry;
 pub mod request;
 mod scheduler;
 
@@ -15,5 +16,6 @@ pub use admission::{AdmissionError, AdmissionLimits, admit, digest_of, inspect};
 pub use decision::{Decision, Effect, PolicyFailure};
 pub use engine::{CompiledPolicy, EngineConfig, PolicyEngine};
 pub use limits::PolicyLimits;
+pub use registry::PolicyRegistry;
 pub use request::{Connection, Entity, EntityRef, Message, Obligation, PolicyRequest};
 pub use scheduler::Pdp;
