@@ -73,6 +73,11 @@ pub const ALLOWED_IMPORTS: &[&str] = &[
 /// than a decision (the `cedar` guest spends about 7M fuel), but it is still bounded.
 const INIT_FUEL: u64 = 2_000_000_000;
 const INIT_DEADLINE: Duration = Duration::from_secs(20);
+/// How much of each memory and table slot stays resident between decisions. 16 MiB covers
+/// the whole working set of the `cedar` snapshot; a slot costs that much RSS only once it
+/// was actually used that far.
+const KEEP_RESIDENT_MEMORY_BYTES: usize = 16 << 20;
+const KEEP_RESIDENT_TABLE_BYTES: usize = 64 << 10;
 /// Bytes of guest stderr kept for error messages (a panic message, typically).
 const STDERR_CAPTURE_BYTES: usize = 4096;
 
@@ -241,7 +246,14 @@ impl PolicyEngine {
             .max_memory_size(config.max_memory_bytes)
             .max_core_instances_per_component(64)
             .max_memories_per_component(16)
-            .max_tables_per_component(16);
+            .max_tables_per_component(16)
+            // A slot keeps its pages between decisions and is reset by copying back only
+            // the pages the last decision dirtied (PAGEMAP_SCAN, Linux 6.7+), instead of
+            // dropping them with madvise and faulting them in again on the next decision.
+            // This took `scopes` from 30 to 11 µs p50 and `cedar` from 218 to 79 µs.
+            .pagemap_scan(wasmtime::Enabled::Auto)
+            .linear_memory_keep_resident(KEEP_RESIDENT_MEMORY_BYTES)
+            .table_keep_resident(KEEP_RESIDENT_TABLE_BYTES);
 
         let mut wasm = Config::new();
         wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
