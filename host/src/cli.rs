@@ -8,9 +8,10 @@ use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::http::{self, AppState};
 use crate::pdp::{
-    self, AdmissionError, AdmissionLimits, CompiledPolicy, EngineConfig, Entity, PolicyEngine,
-    PolicyLimits, PolicyRequest,
+    self, AdmissionError, AdmissionLimits, CompiledPolicy, EngineConfig, Entity, Pdp, PolicyEngine,
+    PolicyLimits, PolicyRegistry, PolicyRequest,
 };
 use crate::runner::{self, CaseFileError};
 
@@ -27,9 +28,23 @@ pub struct Cli {
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the server. With no flags it listens on 127.0.0.1:8787 and keeps its data in
+    /// ./arp-data (created if missing).
+    Serve(ServeArgs),
     /// Check, test and benchmark policy components locally (the same engine as the server).
     #[command(subcommand)]
     Policy(PolicyCommand),
+}
+
+/// `arp-host serve` options.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on. Port 0 picks a free port (printed at start).
+    #[arg(long, env = "ARP_LISTEN", default_value = "127.0.0.1:8787")]
+    pub listen: std::net::SocketAddr,
+    /// Directory for the server's data (compiled policy cache, and the embedded store).
+    #[arg(long, env = "ARP_DATA_DIR", default_value = "arp-data")]
+    pub data_dir: PathBuf,
 }
 
 /// `arp-host policy ...`
@@ -132,6 +147,14 @@ pub enum CliError {
         /// Why.
         source: AdmissionError,
     },
+    /// An I/O operation of the server failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was attempted.
+        what: String,
+        /// Why it failed.
+        source: std::io::Error,
+    },
     /// The case file is unusable.
     #[error("{0}")]
     Cases(#[from] CaseFileError),
@@ -148,6 +171,75 @@ impl CliError {
 pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
     match cli.command {
         Command::Policy(command) => run_policy(command),
+        Command::Serve(args) => run_serve(args),
+    }
+}
+
+fn run_serve(args: ServeArgs) -> Result<ExitCode, CliError> {
+    std::fs::create_dir_all(&args.data_dir).map_err(io_error(format!(
+        "cannot create the data dir {}",
+        args.data_dir.display()
+    )))?;
+    let engine = Arc::new(PolicyEngine::new(EngineConfig::default())?);
+    let registry = Arc::new(PolicyRegistry::new(
+        engine.clone(),
+        AdmissionLimits::default(),
+        Some(args.data_dir.join("policy-cache")),
+    ));
+    eprintln!("loading the default policy (compiled once, then cached in the data dir) ...");
+    let default_policy =
+        registry
+            .load(pdp::DEFAULT_POLICY)
+            .map_err(|source| CliError::Refused {
+                path: "the embedded default policy".into(),
+                source,
+            })?;
+    let state = AppState {
+        pdp: Arc::new(Pdp::new(engine, None)),
+        registry,
+        default_policy,
+    };
+    let runtime = tokio::runtime::Runtime::new().map_err(io_error("cannot start the runtime"))?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .map_err(io_error(format!("cannot listen on {}", args.listen)))?;
+        let local = listener
+            .local_addr()
+            .map_err(io_error("cannot read the listening address"))?;
+        println!("listening on http://{local}");
+        let _ = std::io::stdout().flush();
+        http::serve(listener, state, shutdown_signal())
+            .await
+            .map_err(io_error(format!("the server on {local} failed")))
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CliError {
+    let what = what.into();
+    move |source| CliError::Io { what, source }
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
     }
 }
 

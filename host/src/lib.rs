@@ -2,8 +2,10 @@
 //! by the tenant's policy (a WebAssembly component, see [`pdp`]), audited and delivered.
 //!
 //! Where to start reading: [`pdp::engine`] runs one policy decision; [`cli`] is every
-//! command of the `arp-host` binary; [`runner`] is the local policy runner.
+//! command of the `arp-host` binary; [`runner`] is the local policy runner; [`http`] is
+//! the server's routes.
 
 pub mod cli;
+pub mod http;
 pub mod pdp;
 pub mod runner;

@@ -19,3 +19,10 @@ pub use limits::PolicyLimits;
 pub use registry::PolicyRegistry;
 pub use request::{Connection, Entity, EntityRef, Message, Obligation, PolicyRequest};
 pub use scheduler::Pdp;
+
+/// The `cedar` policy, built from `policies/cedar` by the build script: the policy of
+/// every tenant that has not uploaded its own, so existing ARP connections work unchanged.
+pub const DEFAULT_POLICY: &[u8] = include_bytes!(concat!(
+    env!("ARP_POLICY_WASM_DIR"),
+    "/arp_policy_cedar.wasm"
+));
