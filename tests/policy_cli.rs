@@ -1,6 +1,9 @@
 //! End-to-end tests of the local runner: the real `arp-host` binary on policies built
 //! from source.
 
+// Tests fail by panicking.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 

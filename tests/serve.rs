@@ -1,6 +1,9 @@
 //! `arp-host serve` with no setup: creates its data dir, compiles the embedded default
 //! policy, answers `/health` on a real socket and stops on SIGTERM.
 
+// Tests fail by panicking.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};

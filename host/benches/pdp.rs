@@ -4,6 +4,9 @@
 //!
 //! Run with `cargo bench -p arp-host --bench pdp`. Prints one line per measurement.
 
+// A benchmark that cannot set up should stop loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;

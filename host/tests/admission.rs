@@ -1,6 +1,9 @@
 //! Admission refuses each kind of bad upload with its own reason code and a message that
 //! says what to fix.
 
+// Tests fail by panicking.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

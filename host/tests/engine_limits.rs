@@ -1,6 +1,9 @@
 //! Every engine limit, each shown with the exact failure it produces, and proof that the
 //! engine serves the next request normally afterwards.
 
+// Tests fail by panicking.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::sync::{Arc, OnceLock};
 
 use arp_host::pdp::{
