@@ -113,12 +113,12 @@ pub trait Policy {
     /// Use it to do the work that is slow the first time: parse tables, fill caches, run
     /// one representative evaluation so that lazily initialised statics are ready.
     ///
-    /// It must not call any import: no printing, no clock, no random numbers, no files.
-    /// Note that Rust std's `HashMap::new()` / `RandomState::new()` asks WASI
-    /// (`wasi:random/insecure-seed`) for a hash seed the first time a thread creates one; use
-    /// `BTreeMap` or a fixed hasher in warm-up code, or accept that the seed is asked for
-    /// once here and then frozen into the snapshot (every decision then starts from the same
-    /// seed, and never asks again). Parsing a JSON object creates one too when serde_json's
+    /// It runs in the same empty, deterministic context as a decision, and must not open
+    /// streams (no printing): no resource survives into the snapshot. Rust std's
+    /// `HashMap::new()` / `RandomState::new()` asks WASI (`wasi:random/insecure-seed`) for a
+    /// hash seed the first time a thread creates one; that is fine here: the host's seed is
+    /// fixed, and the seed is frozen into the snapshot (every decision then starts from the
+    /// same seed, and never asks again). Parsing a JSON object creates one too when serde_json's
     /// `preserve_order` feature is on (Cedar turns it on): then a decision whose `init` did
     /// not do so asks for the seed once while the request is converted.
     ///
