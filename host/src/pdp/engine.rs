@@ -357,7 +357,8 @@ impl PolicyEngine {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let partial = path.with_extension("partial");
+        // Per process, so two hosts sharing a cache dir never interleave their writes.
+        let partial = path.with_extension(format!("{}.partial", std::process::id()));
         std::fs::write(&partial, bytes)?;
         std::fs::rename(partial, path)
     }
