@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::audit;
 use crate::http::{self, AppState};
 use crate::pdp::{
     self, AdmissionError, AdmissionLimits, CompiledPolicy, EngineConfig, Entity, Pdp, PolicyEngine,
@@ -34,6 +35,9 @@ pub enum Command {
     /// Check, test and benchmark policy components locally (the same engine as the server).
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Check audit hash chains (ARP-PROTOCOL §3).
+    #[command(subcommand)]
+    Audit(AuditCommand),
 }
 
 /// `arp-host serve` options.
@@ -92,6 +96,27 @@ pub enum PolicyCommand {
         /// Limits for every decision.
         #[command(flatten)]
         limits: LimitArgs,
+    },
+}
+
+/// `arp-host audit ...`
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Verify an audit log file exactly as the reference verifier does.
+    ///
+    /// FILE is the JSONL form: one entry per line, each with `seq`, `timestamp`, `msg_id`,
+    /// `decision`, `policies_fired`, `obligations`, `spend_delta_cents`, `reason`,
+    /// `prev_hash` and `self_hash`. From the first entry on, each must have seq equal to its
+    /// position, prev_hash equal to the previous self_hash (`sha256:` and 64 zeros for the
+    /// first), and self_hash equal to sha256 of the RFC 8785 (JCS) form of its nine hashed
+    /// fields. Empty lines are skipped and positions count non-empty lines from 0.
+    ///
+    /// Prints `valid, N entries` and exits 0; or prints the first break (`broken at seq N:
+    /// <reason>`, or the parse error) and exits 1. Exits 2 when FILE cannot be read.
+    #[command(name = "verify-file")]
+    VerifyFile {
+        /// The audit log (`.jsonl`).
+        file: PathBuf,
     },
 }
 
@@ -172,6 +197,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
     match cli.command {
         Command::Policy(command) => run_policy(command),
         Command::Serve(args) => run_serve(args),
+        Command::Audit(command) => run_audit(command),
     }
 }
 
@@ -363,4 +389,35 @@ fn load_policy(engine: &Arc<PolicyEngine>, file: &Path) -> Result<CompiledPolicy
     let admitted = pdp::admit(engine, &bytes, &AdmissionLimits::default());
     eprintln!("{} ms", started.elapsed().as_millis());
     admitted.map_err(|source| CliError::Refused { path, source })
+}
+
+fn run_audit(command: AuditCommand) -> Result<ExitCode, CliError> {
+    match command {
+        AuditCommand::VerifyFile { file } => {
+            let read_error = |source| CliError::Read {
+                path: file.display().to_string(),
+                source,
+            };
+            let reader = std::fs::File::open(&file).map_err(read_error)?;
+            let report =
+                audit::verify_reader(std::io::BufReader::new(reader)).map_err(read_error)?;
+            let entries = |n: u64| format!("{n} {}", if n == 1 { "entry" } else { "entries" });
+            match (&report.reason, report.first_break_at) {
+                (Some(reason), Some(at)) => {
+                    match reason {
+                        audit::ChainBreak::Parse { .. } => {
+                            println!("{}", report.error.as_deref().unwrap_or_default());
+                        }
+                        reason => println!("broken at seq {at}: {reason}"),
+                    }
+                    println!("{} verified before the break", entries(report.entries_seen));
+                    Ok(ExitCode::FAILURE)
+                }
+                _ => {
+                    println!("valid, {}", entries(report.entries_seen));
+                    Ok(ExitCode::SUCCESS)
+                }
+            }
+        }
+    }
 }

@@ -5,7 +5,12 @@
 //! command of the `arp-host` binary; [`runner`] is the local policy runner; [`http`] is
 //! the server's routes.
 
+pub mod audit;
 pub mod cli;
+pub mod did;
+pub mod envelope;
 pub mod http;
+pub mod mapping;
 pub mod pdp;
+pub mod routing;
 pub mod runner;
