@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use arp_host::did::{self, MapResolver};
 use arp_host::envelope::{self, DEFAULT_CLOCK_WINDOW};
 use arp_host::mapping;
-use arp_host::routing::agent_did_from_host;
 use ed25519_dalek::Verifier as _;
 use serde_json::{Value, json};
 
@@ -171,33 +170,6 @@ fn did_key_documents_match_the_reference_shape() {
     for (name, key) in v["keys"].as_object().unwrap() {
         let raw = did::decode_public_key_multibase(str_of(key, "public_key_multibase")).unwrap();
         assert_eq!(hex::encode(raw), str_of(key, "public_key_hex"), "{name}");
-    }
-}
-
-#[test]
-fn routing_examples_of_section_2() {
-    for host in [
-        "samantha.agent",
-        "ian.samantha.agent",
-        "samantha.agent.hns.to",
-        "ian.samantha.agent.hns.to",
-        "samantha.agent:8443",
-    ] {
-        assert_eq!(
-            agent_did_from_host(host).as_deref(),
-            Some("did:web:samantha.agent"),
-            "{host}"
-        );
-    }
-    for host in [
-        "example.com",
-        "localhost",
-        "",
-        "agent",
-        ".agent",
-        "x.hns.to",
-    ] {
-        assert_eq!(agent_did_from_host(host), None, "{host}");
     }
 }
 
