@@ -16,7 +16,9 @@ fn main() {
         .parent()
         .expect("host/ has a parent")
         .to_path_buf();
-    for input in ["policies", "policy-sdk", "wit"] {
+    // `migrations/`: `sqlx::migrate!` embeds the files it saw; a new migration file must
+    // recompile the host.
+    for input in ["policies", "policy-sdk", "wit", "migrations"] {
         println!("cargo:rerun-if-changed={}", root.join(input).display());
     }
 

@@ -3,7 +3,7 @@
 //!
 //! Where to start reading: [`pdp::engine`] runs one policy decision; [`cli`] is every
 //! command of the `arp-host` binary; [`runner`] is the local policy runner; [`http`] is
-//! the server's routes.
+//! the server's routes; [`store`] is the persistence layer (SQLite or Postgres).
 
 pub mod audit;
 pub mod cli;
@@ -14,3 +14,4 @@ pub mod mapping;
 pub mod pdp;
 pub mod routing;
 pub mod runner;
+pub mod store;
