@@ -1,20 +1,28 @@
 //! Every command of the `arp-host` binary: argument parsing and what each command prints.
 
+use std::future::Future;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::audit;
+use crate::did_web::{DidWebConfig, DidWebResolver};
+use crate::dispatch::{DispatchConfig, Dispatcher};
 use crate::http::{self, AppState};
+use crate::logging::{self, LogFormat};
+use crate::metrics::Metrics;
 use crate::pdp::{
     self, AdmissionError, AdmissionLimits, CompiledPolicy, EngineConfig, Entity, Pdp, PolicyEngine,
     PolicyLimits, PolicyRegistry, PolicyRequest,
 };
+use crate::peers::PeerResolver;
+use crate::provision;
 use crate::runner::{self, CaseFileError};
+use crate::store::{self, Store};
 
 /// Hosts ARP agents for many tenants. Tenant policies run as sandboxed WebAssembly
 /// components; the `policy` commands run them locally on the same engine as the server.
@@ -35,9 +43,142 @@ pub enum Command {
     /// Check, test and benchmark policy components locally (the same engine as the server).
     #[command(subcommand)]
     Policy(PolicyCommand),
-    /// Check audit hash chains (ARP-PROTOCOL §3).
+    /// Check and export audit hash chains (ARP-PROTOCOL §3).
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Create the store's tables, or bring them up to date (also done by `serve`).
+    Migrate(StoreArgs),
+    /// Manage tenants.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Manage hosted agents.
+    #[command(subcommand)]
+    Agent(AgentCommand),
+    /// Manage connections between hosted agents and their peers.
+    #[command(subcommand)]
+    Connection(ConnectionCommand),
+}
+
+/// Where the store is: `--database-url`, else SQLite in `--data-dir`.
+#[derive(Clone, Debug, Args)]
+pub struct StoreArgs {
+    /// Directory for the server's data: the embedded SQLite store and the compiled policy
+    /// cache. Created if missing.
+    #[arg(long, env = "ARP_DATA_DIR", default_value = "arp-data")]
+    pub data_dir: PathBuf,
+    /// The store: `postgres://user@host/db` for Postgres (production, several hosts), or
+    /// `sqlite:<file>`. Default: SQLite at <data-dir>/arp-host.sqlite3.
+    #[arg(long, env = "ARP_DATABASE_URL")]
+    pub database_url: Option<String>,
+}
+
+impl StoreArgs {
+    /// The location handed to [`store::open`].
+    pub fn location(&self) -> String {
+        self.database_url.clone().unwrap_or_else(|| {
+            self.data_dir
+                .join(store::sqlite::DEFAULT_FILE_NAME)
+                .display()
+                .to_string()
+        })
+    }
+
+    async fn open(&self) -> Result<Arc<dyn Store>, CliError> {
+        let location = self.location();
+        store::open(&location)
+            .await
+            .map_err(|source| CliError::Store {
+                what: format!("cannot open the store at {}", redact(&location)),
+                source,
+            })
+    }
+}
+
+/// A database URL without its password, for messages.
+fn redact(location: &str) -> String {
+    match (location.find("://"), location.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &location[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => {
+                    format!("{}{user}:***{}", &location[..scheme + 3], &location[at..])
+                }
+                None => location.to_owned(),
+            }
+        }
+        _ => location.to_owned(),
+    }
+}
+
+/// `arp-host tenant ...`
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant. Prints its id.
+    Create {
+        /// The tenant id (letters, digits, `-`, `_`, `.`).
+        id: String,
+        /// Its plan: `free` (1000 inbound messages a month), `pro` (10000), `team` or
+        /// `internal` (unlimited).
+        #[arg(long, default_value = "free")]
+        plan: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+/// `arp-host agent ...`
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Host a new agent: generates its Ed25519 key (unless --public-key-multibase is
+    /// given) and stores its DID document, agent card and arp.json, which the server then
+    /// serves under /.well-known/ for the agent's host.
+    ///
+    /// The generated secret key is written to --key-out (mode 0600), or printed once when
+    /// no file is given: the agent needs it to sign envelopes and open its WebSocket.
+    Create {
+        /// The tenant the agent belongs to.
+        #[arg(long)]
+        tenant: String,
+        /// The agent's DID: did:web:<name>.agent.
+        #[arg(long)]
+        did: String,
+        /// DID of the agent's owner (the principal it represents).
+        #[arg(long)]
+        owner: String,
+        /// Display name in the agent card (default: the host name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Use this existing public key (`z6Mk...`) instead of generating one.
+        #[arg(long)]
+        public_key_multibase: Option<String>,
+        /// Write the generated secret key (hex seed) to this file.
+        #[arg(long)]
+        key_out: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+/// `arp-host connection ...`
+#[derive(Debug, Subcommand)]
+pub enum ConnectionCommand {
+    /// Store a connection from its connection token (JSON: connection_id, issuer, subject,
+    /// audience, cedar_policies, obligations, optional purpose, scopes,
+    /// obligation_policies and expires / expires_at_ms). The hosted side is --agent, or
+    /// whichever of subject and audience the tenant hosts.
+    Create {
+        /// The tenant the hosted agent belongs to.
+        #[arg(long)]
+        tenant: String,
+        /// The connection token file (JSON).
+        #[arg(long)]
+        token: PathBuf,
+        /// The hosted agent's DID, when both sides are hosted by the tenant.
+        #[arg(long)]
+        agent: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 /// `arp-host serve` options.
@@ -46,9 +187,32 @@ pub struct ServeArgs {
     /// Address to listen on. Port 0 picks a free port (printed at start).
     #[arg(long, env = "ARP_LISTEN", default_value = "127.0.0.1:8787")]
     pub listen: std::net::SocketAddr,
-    /// Directory for the server's data (compiled policy cache, and the embedded store).
-    #[arg(long, env = "ARP_DATA_DIR", default_value = "arp-data")]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// How far an envelope's created_time may be from this host's clock, in seconds.
+    #[arg(long, env = "ARP_CLOCK_WINDOW_SECS", default_value_t = 300)]
+    pub clock_window_secs: u64,
+    /// Largest accepted request body, in bytes (larger ones get 413).
+    #[arg(long, env = "ARP_BODY_LIMIT", default_value_t = http::DEFAULT_BODY_LIMIT)]
+    pub body_limit: usize,
+    /// Log format on stderr: `json` (one object per line: level, time, msg, fields) or
+    /// `text`. The level filter is RUST_LOG (default `info`).
+    #[arg(long, env = "ARP_LOG_FORMAT", value_enum, default_value = "json")]
+    pub log_format: LogFormat,
+    /// Also log every metric sample (`metric: "arp.pdp_latency_ms"`, ...) for hosts that
+    /// build metrics from log drains.
+    #[arg(long, env = "ARP_METRICS_LOG_SAMPLES")]
+    pub metrics_log_samples: bool,
+    /// Timeout of a did:web document fetch, in milliseconds.
+    #[arg(long, env = "ARP_DID_WEB_TIMEOUT_MS", default_value_t = 5000)]
+    pub did_web_timeout_ms: u64,
+    /// Send every did:web fetch to this address instead of the DID's host (private
+    /// deployments and tests; TLS still checks the DID's host name).
+    #[arg(long, env = "ARP_DID_WEB_CONNECT_TO")]
+    pub did_web_connect_to: Option<std::net::SocketAddr>,
+    /// Also trust this PEM CA certificate for did:web fetches.
+    #[arg(long, env = "ARP_DID_WEB_CA_FILE")]
+    pub did_web_ca_file: Option<PathBuf>,
 }
 
 /// `arp-host policy ...`
@@ -118,6 +282,39 @@ pub enum AuditCommand {
         /// The audit log (`.jsonl`).
         file: PathBuf,
     },
+    /// Verify chains read from the store: one chain (--agent and --connection), or every
+    /// chain of the tenant. Prints one line per chain; exits 1 if any chain is broken.
+    Verify {
+        #[command(flatten)]
+        chain: ChainArgs,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Export one chain as JSONL in the reference file form (verifiable with
+    /// `audit verify-file` and the reference verifier).
+    Export {
+        #[command(flatten)]
+        chain: ChainArgs,
+        /// Write here instead of stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+/// Which audit chains: one per (tenant, agent, connection).
+#[derive(Debug, Args)]
+pub struct ChainArgs {
+    /// The tenant.
+    #[arg(long)]
+    pub tenant: String,
+    /// The hosted agent's DID (with --connection: one chain).
+    #[arg(long, requires = "connection")]
+    pub agent: Option<String>,
+    /// The connection id.
+    #[arg(long, requires = "agent")]
+    pub connection: Option<String>,
 }
 
 /// Per-decision limits, defaulting to the server's defaults.
@@ -183,6 +380,17 @@ pub enum CliError {
     /// The case file is unusable.
     #[error("{0}")]
     Cases(#[from] CaseFileError),
+    /// A store operation failed.
+    #[error("{what}: {source}")]
+    Store {
+        /// What was attempted.
+        what: String,
+        /// Why it failed.
+        source: store::StoreError,
+    },
+    /// The input is unusable.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl CliError {
@@ -198,19 +406,195 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Policy(command) => run_policy(command),
         Command::Serve(args) => run_serve(args),
         Command::Audit(command) => run_audit(command),
+        Command::Migrate(store) => block_on(async {
+            let opened = store.open().await?;
+            println!("migrations applied ({})", opened.backend());
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Tenant(command) => block_on(run_tenant(command)),
+        Command::Agent(command) => block_on(run_agent(command)),
+        Command::Connection(command) => block_on(run_connection(command)),
+    }
+}
+
+/// Runs a store command on a small runtime.
+fn block_on(
+    command: impl Future<Output = Result<ExitCode, CliError>>,
+) -> Result<ExitCode, CliError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(io_error("cannot start the runtime"))?
+        .block_on(command)
+}
+
+fn store_error(what: impl Into<String>) -> impl FnOnce(store::StoreError) -> CliError {
+    let what = what.into();
+    move |source| CliError::Store { what, source }
+}
+
+async fn run_tenant(command: TenantCommand) -> Result<ExitCode, CliError> {
+    match command {
+        TenantCommand::Create { id, plan, store } => {
+            let plan = store::Plan::parse(&plan).ok_or_else(|| {
+                CliError::Invalid(format!(
+                    "unknown plan {plan:?}: use free, pro, team or internal"
+                ))
+            })?;
+            let valid = !id.is_empty()
+                && id.len() <= 64
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            if !valid {
+                return Err(CliError::Invalid(format!(
+                    "tenant id {id:?}: use 1 to 64 letters, digits, '-', '_' or '.'"
+                )));
+            }
+            let opened = store.open().await?;
+            opened
+                .create_tenant(&id, plan)
+                .await
+                .map_err(store_error(format!("cannot create tenant {id}")))?;
+            println!("created tenant {id} (plan {})", plan.as_str());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn run_agent(command: AgentCommand) -> Result<ExitCode, CliError> {
+    match command {
+        AgentCommand::Create {
+            tenant,
+            did,
+            owner,
+            name,
+            public_key_multibase,
+            key_out,
+            store,
+        } => {
+            let new = provision::new_agent(
+                &did,
+                &owner,
+                name.as_deref(),
+                public_key_multibase.as_deref(),
+            )
+            .map_err(|error| CliError::Invalid(error.to_string()))?;
+            let opened = store.open().await?;
+            let scope = opened
+                .tenant_scope(&tenant)
+                .await
+                .map_err(store_error(format!("no tenant {tenant}")))?;
+            opened
+                .create_agent(&scope, &new.agent)
+                .await
+                .map_err(store_error(format!("cannot create agent {did}")))?;
+            println!("created agent {did} in tenant {tenant}");
+            println!("  publicKeyMultibase: {}", new.agent.public_key_multibase);
+            if let Some(seed) = new.secret_seed {
+                let seed = hex::encode(seed);
+                match key_out {
+                    Some(path) => {
+                        write_secret(&path, &seed)?;
+                        println!("  secret key (hex seed) written to {}", path.display());
+                    }
+                    None => {
+                        println!("  secret key (hex seed): {seed}");
+                        eprintln!(
+                            "keep the secret key: it is not stored and cannot be shown again"
+                        );
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Writes a secret readable by its owner only.
+fn write_secret(path: &Path, secret: &str) -> Result<(), CliError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .map_err(io_error(format!("cannot create {}", path.display())))?;
+    writeln!(file, "{secret}").map_err(io_error(format!("cannot write {}", path.display())))
+}
+
+async fn run_connection(command: ConnectionCommand) -> Result<ExitCode, CliError> {
+    match command {
+        ConnectionCommand::Create {
+            tenant,
+            token,
+            agent,
+            store,
+        } => {
+            let text = std::fs::read_to_string(&token).map_err(|source| CliError::Read {
+                path: token.display().to_string(),
+                source,
+            })?;
+            let token_json: serde_json::Value = serde_json::from_str(&text).map_err(|error| {
+                CliError::Invalid(format!("{} is not JSON: {error}", token.display()))
+            })?;
+            let opened = store.open().await?;
+            let scope = opened
+                .tenant_scope(&tenant)
+                .await
+                .map_err(store_error(format!("no tenant {tenant}")))?;
+            let mut hosted = Vec::new();
+            for side in ["subject", "audience"] {
+                if let Some(did) = token_json.get(side).and_then(serde_json::Value::as_str)
+                    && opened.agent(&scope, did).await.is_ok()
+                {
+                    hosted.push(did.to_owned());
+                }
+            }
+            let connection =
+                provision::connection_from_token(token_json, agent.as_deref(), |did| {
+                    hosted.iter().any(|h| h == did)
+                })
+                .map_err(|error| CliError::Invalid(error.to_string()))?;
+            opened
+                .agent(&scope, &connection.agent_did)
+                .await
+                .map_err(store_error(format!(
+                    "tenant {tenant} does not host {}",
+                    connection.agent_did
+                )))?;
+            opened
+                .create_connection(&scope, &connection)
+                .await
+                .map_err(store_error(format!(
+                    "cannot create connection {}",
+                    connection.connection_id
+                )))?;
+            println!(
+                "created connection {} between {} (hosted) and {}",
+                connection.connection_id, connection.agent_did, connection.peer_did
+            );
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
 fn run_serve(args: ServeArgs) -> Result<ExitCode, CliError> {
-    std::fs::create_dir_all(&args.data_dir).map_err(io_error(format!(
+    logging::init(
+        args.log_format,
+        &std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+    )
+    .map_err(|error| CliError::Invalid(error.to_string()))?;
+    let data_dir = &args.store.data_dir;
+    std::fs::create_dir_all(data_dir).map_err(io_error(format!(
         "cannot create the data dir {}",
-        args.data_dir.display()
+        data_dir.display()
     )))?;
     let engine = Arc::new(PolicyEngine::new(EngineConfig::default())?);
     let registry = Arc::new(PolicyRegistry::new(
         engine.clone(),
         AdmissionLimits::default(),
-        Some(args.data_dir.join("policy-cache")),
+        Some(data_dir.join("policy-cache")),
     ));
     eprintln!("loading the default policy (compiled once, then cached in the data dir) ...");
     let default_policy =
@@ -220,19 +604,53 @@ fn run_serve(args: ServeArgs) -> Result<ExitCode, CliError> {
                 path: "the embedded default policy".into(),
                 source,
             })?;
-    let state = AppState {
-        pdp: Arc::new(Pdp::new(engine, None)),
-        registry,
-        default_policy,
+    let mut did_web = DidWebConfig {
+        timeout: Duration::from_millis(args.did_web_timeout_ms),
+        connect_to: args.did_web_connect_to,
+        ..DidWebConfig::default()
+    };
+    if let Some(path) = &args.did_web_ca_file {
+        did_web
+            .extra_root_certificates_pem
+            .push(std::fs::read(path).map_err(|source| CliError::Read {
+                path: path.display().to_string(),
+                source,
+            })?);
+    }
+    let peers = PeerResolver::new(
+        DidWebResolver::new(did_web).map_err(|error| CliError::Invalid(error.to_string()))?,
+    );
+    let metrics = Arc::new(Metrics::new(args.metrics_log_samples));
+    let config = DispatchConfig {
+        clock_window: Duration::from_secs(args.clock_window_secs),
+        ..DispatchConfig::default()
     };
     let runtime = tokio::runtime::Runtime::new().map_err(io_error("cannot start the runtime"))?;
     runtime.block_on(async {
+        let store = args.store.open().await?;
+        let dispatcher = Dispatcher::new(
+            store.clone(),
+            Arc::new(Pdp::new(engine, None)),
+            registry,
+            default_policy.clone(),
+            peers,
+            metrics.clone(),
+            config,
+        );
+        let state = AppState {
+            dispatcher: Arc::new(dispatcher),
+            store: store.clone(),
+            metrics,
+            default_policy_digest: default_policy.digest.clone(),
+            body_limit: args.body_limit,
+        };
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .map_err(io_error(format!("cannot listen on {}", args.listen)))?;
         let local = listener
             .local_addr()
             .map_err(io_error("cannot read the listening address"))?;
+        tracing::info!(address = %local, store = store.backend(), "listening");
         println!("listening on http://{local}");
         let _ = std::io::stdout().flush();
         http::serve(listener, state, shutdown_signal())
@@ -391,8 +809,110 @@ fn load_policy(engine: &Arc<PolicyEngine>, file: &Path) -> Result<CompiledPolicy
     admitted.map_err(|source| CliError::Refused { path, source })
 }
 
+/// What one chain's check prints, and whether it holds.
+fn chain_report(report: &audit::VerifyReport) -> (String, bool) {
+    let entries = |n: u64| format!("{n} {}", if n == 1 { "entry" } else { "entries" });
+    match (&report.reason, report.first_break_at) {
+        (Some(audit::ChainBreak::Parse { .. }), Some(_)) => (
+            format!(
+                "{}\n{} verified before the break",
+                report.error.as_deref().unwrap_or_default(),
+                entries(report.entries_seen)
+            ),
+            false,
+        ),
+        (Some(reason), Some(at)) => (
+            format!(
+                "broken at seq {at}: {reason}\n{} verified before the break",
+                entries(report.entries_seen)
+            ),
+            false,
+        ),
+        _ => (format!("valid, {}", entries(report.entries_seen)), true),
+    }
+}
+
+async fn run_audit_store(command: AuditCommand) -> Result<ExitCode, CliError> {
+    let (AuditCommand::Verify { chain, store } | AuditCommand::Export { chain, store, .. }) =
+        &command
+    else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let opened = store.open().await?;
+    let scope = opened
+        .tenant_scope(&chain.tenant)
+        .await
+        .map_err(store_error(format!("no tenant {}", chain.tenant)))?;
+    let chains = match (&chain.agent, &chain.connection) {
+        (Some(agent), Some(connection)) => vec![(agent.clone(), connection.clone())],
+        _ => opened
+            .audit_chains(&scope)
+            .await
+            .map_err(store_error("cannot list the chains"))?,
+    };
+    let read = |agent: String, connection: String| {
+        let opened = opened.clone();
+        let scope = scope.clone();
+        async move {
+            opened
+                .audit_chain(&scope, &agent, &connection)
+                .await
+                .map_err(store_error(format!(
+                    "cannot read the chain of {agent} / {connection}"
+                )))
+        }
+    };
+    match command {
+        AuditCommand::Export { output, .. } => {
+            let [(agent, connection)] = chains.as_slice() else {
+                return Err(CliError::Invalid(
+                    "export needs one chain: give --agent and --connection".into(),
+                ));
+            };
+            let entries = read(agent.clone(), connection.clone()).await?;
+            let mut text = String::new();
+            for entry in &entries {
+                let line = entry
+                    .to_jsonl_line()
+                    .map_err(|error| CliError::Invalid(error.to_string()))?;
+                text.push_str(&line);
+                text.push('\n');
+            }
+            match output {
+                Some(path) => {
+                    std::fs::write(&path, text)
+                        .map_err(io_error(format!("cannot write {}", path.display())))?;
+                    eprintln!("exported {} entries to {}", entries.len(), path.display());
+                }
+                None => print!("{text}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => {
+            if chains.is_empty() {
+                println!("tenant {} has no audit chains", chain.tenant);
+            }
+            let mut all_valid = true;
+            for (agent, connection) in chains {
+                let entries = read(agent.clone(), connection.clone()).await?;
+                let (text, valid) = chain_report(&audit::verify_chain(&entries));
+                all_valid &= valid;
+                println!("{agent} / {connection}: {text}");
+            }
+            Ok(if all_valid {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
 fn run_audit(command: AuditCommand) -> Result<ExitCode, CliError> {
     match command {
+        command @ (AuditCommand::Verify { .. } | AuditCommand::Export { .. }) => {
+            block_on(run_audit_store(command))
+        }
         AuditCommand::VerifyFile { file } => {
             let read_error = |source| CliError::Read {
                 path: file.display().to_string(),
@@ -401,23 +921,13 @@ fn run_audit(command: AuditCommand) -> Result<ExitCode, CliError> {
             let reader = std::fs::File::open(&file).map_err(read_error)?;
             let report =
                 audit::verify_reader(std::io::BufReader::new(reader)).map_err(read_error)?;
-            let entries = |n: u64| format!("{n} {}", if n == 1 { "entry" } else { "entries" });
-            match (&report.reason, report.first_break_at) {
-                (Some(reason), Some(at)) => {
-                    match reason {
-                        audit::ChainBreak::Parse { .. } => {
-                            println!("{}", report.error.as_deref().unwrap_or_default());
-                        }
-                        reason => println!("broken at seq {at}: {reason}"),
-                    }
-                    println!("{} verified before the break", entries(report.entries_seen));
-                    Ok(ExitCode::FAILURE)
-                }
-                _ => {
-                    println!("valid, {}", entries(report.entries_seen));
-                    Ok(ExitCode::SUCCESS)
-                }
-            }
+            let (text, valid) = chain_report(&report);
+            println!("{text}");
+            Ok(if valid {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }

@@ -7,11 +7,18 @@
 
 pub mod audit;
 pub mod cli;
+pub mod connection;
 pub mod did;
+pub mod did_web;
+pub mod dispatch;
 pub mod envelope;
 pub mod http;
+pub mod logging;
 pub mod mapping;
+pub mod metrics;
 pub mod pdp;
+pub mod peers;
+pub mod provision;
 pub mod routing;
 pub mod runner;
 pub mod store;

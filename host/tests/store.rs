@@ -6,78 +6,18 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use arp_host::audit::{self, AuditDecision, NewAuditEntry};
 use arp_host::pdp::Obligation;
 use arp_host::store::{
-    self, Agent, AuditExtra, Connection, ConnectionStatus, NewMessage, Plan, Store, StoreError,
+    self, Agent, AllowedInbound, AuditExtra, Connection, ConnectionStatus, InboundOutcome,
+    InboundRecord, NewMessage, Plan, Store, StoreError,
 };
 use serde_json::json;
-use sqlx::{AssertSqlSafe, Connection as _, Executor as _, PgConnection};
 
-/// The server the Postgres tests use (without a database name).
-fn postgres_server() -> String {
-    std::env::var("ARP_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
-}
-
-/// A fresh Postgres database, dropped when this is.
-struct TestDatabase {
-    name: String,
-    url: String,
-}
-
-impl TestDatabase {
-    async fn create() -> Self {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let name = format!(
-            "arp_test_{}_{nanos}_{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        let server = postgres_server();
-        let mut admin = PgConnection::connect(&format!("{server}/postgres"))
-            .await
-            .unwrap_or_else(|error| panic!("Postgres at {server} is required: {error}"));
-        admin
-            .execute(AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-            .await
-            .unwrap();
-        admin.close().await.unwrap();
-        let url = format!("{server}/{name}");
-        Self { name, url }
-    }
-}
-
-impl Drop for TestDatabase {
-    /// Drops the database even when the test failed (on its own thread and runtime, as
-    /// `drop` cannot await). `WITH (FORCE)` ends the store's open connections.
-    fn drop(&mut self) {
-        let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let mut admin = PgConnection::connect(&format!("{}/postgres", postgres_server()))
-                    .await
-                    .unwrap();
-                admin.execute(AssertSqlSafe(sql)).await.unwrap();
-            });
-        })
-        .join();
-        if dropped.is_err() && !std::thread::panicking() {
-            panic!("could not drop test database {}", self.name);
-        }
-    }
-}
+#[path = "../../tests/support/postgres.rs"]
+mod postgres_support;
+use postgres_support::TestDatabase;
 
 /// Runs each named body against a SQLite file and a fresh Postgres database. A body takes
 /// the store and the location it was opened from (to reopen it).
@@ -116,6 +56,12 @@ on_both_backends!(
     the_quota_stops_exactly_at_the_cap_under_concurrency,
     concurrent_audit_appends_never_fork_or_lose_an_entry,
     policy_versions_are_activated_per_tenant,
+    an_allowed_inbound_message_is_counted_audited_and_queued,
+    a_denied_inbound_message_is_only_audited,
+    an_inbound_message_at_the_cap_is_denied_as_quota_exceeded,
+    a_replayed_inbound_message_writes_nothing,
+    concurrent_inbound_records_keep_one_unbroken_chain,
+    queues_revocations_chains_and_ping_are_per_tenant,
 );
 
 fn agent(did: &str) -> Agent {
@@ -510,9 +456,13 @@ async fn concurrent_audit_appends_never_fork_or_lose_an_entry(
 async fn policy_versions_are_activated_per_tenant(store: Arc<dyn Store>, _location: String) {
     let a = store.create_tenant("tenant-a", Plan::Pro).await.unwrap();
     let b = store.create_tenant("tenant-b", Plan::Pro).await.unwrap();
-    assert_eq!(store.active_policy(&a).await.unwrap(), None);
+    assert_eq!(store.active_policy_digest(&a).await.unwrap(), None);
     assert!(matches!(
         store.activate_policy(&a, "sha256:one").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store.policy_bytes(&a, "sha256:one").await,
         Err(StoreError::NotFound(_))
     ));
     store
@@ -527,22 +477,434 @@ async fn policy_versions_are_activated_per_tenant(store: Arc<dyn Store>, _locati
         .put_policy_version(&a, "sha256:two", b"\0asm two")
         .await
         .unwrap();
+    assert_eq!(
+        store.policy_bytes(&a, "sha256:one").await.unwrap(),
+        b"\0asm one"
+    );
+    assert_eq!(
+        store.policy_bytes(&a, "sha256:two").await.unwrap(),
+        b"\0asm two"
+    );
     store.activate_policy(&a, "sha256:one").await.unwrap();
     assert_eq!(
-        store.active_policy(&a).await.unwrap(),
-        Some(("sha256:one".to_owned(), b"\0asm one".to_vec()))
+        store.active_policy_digest(&a).await.unwrap().as_deref(),
+        Some("sha256:one")
     );
     store.activate_policy(&a, "sha256:two").await.unwrap();
     assert_eq!(
-        store.active_policy(&a).await.unwrap(),
-        Some(("sha256:two".to_owned(), b"\0asm two".to_vec()))
+        store.active_policy_digest(&a).await.unwrap().as_deref(),
+        Some("sha256:two")
     );
     // Tenant B cannot activate (or see) A's versions.
     assert!(matches!(
         store.activate_policy(&b, "sha256:two").await,
         Err(StoreError::NotFound(_))
     ));
-    assert_eq!(store.active_policy(&b).await.unwrap(), None);
+    assert_eq!(store.active_policy_digest(&b).await.unwrap(), None);
+    assert!(matches!(
+        store.policy_bytes(&b, "sha256:two").await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+const ALICE: &str = "did:web:alice.agent";
+const BOB: &str = "did:web:bob.agent";
+const PERIOD: &str = "2026-12";
+
+/// An inbound record from Bob to Alice on `conn-1`: allowed (for `plan`) or denied.
+fn inbound(n: u64, allow: Option<Plan>) -> InboundRecord {
+    let mut audit = audit_fields(n);
+    audit.msg_id = format!("m-{n}");
+    audit.decision = if allow.is_some() {
+        AuditDecision::Allow
+    } else {
+        AuditDecision::Deny
+    };
+    InboundRecord {
+        signer_did: BOB.to_owned(),
+        msg_id: audit.msg_id.clone(),
+        agent_did: ALICE.to_owned(),
+        connection_id: "conn-1".to_owned(),
+        extra: AuditExtra {
+            policy_digest: Some("sha256:policy".to_owned()),
+            fuel_used: Some(1234),
+            envelope_sha256: Some(format!("sha256:{n:064x}")),
+        },
+        allow: allow.map(|plan| AllowedInbound {
+            period: PERIOD.to_owned(),
+            plan,
+            message: NewMessage {
+                id: format!("00000000-0000-4000-8000-{n:012}"),
+                agent_did: ALICE.to_owned(),
+                connection_id: "conn-1".to_owned(),
+                msg_id: audit.msg_id.clone(),
+                msg_type: "https://didcomm.org/arp/1.0/request".to_owned(),
+                envelope: format!("aGVhZGVy.{n}.c2ln"),
+                peer_did: BOB.to_owned(),
+                obligations: audit.obligations.clone(),
+                policies_fired: audit.policies_fired.clone(),
+                expires_at_ms: n.is_multiple_of(2).then_some(1_900_000_000_000),
+            },
+        }),
+        audit,
+    }
+}
+
+/// The audit entry of a `Queued` outcome (fails the test on any other).
+fn queued(outcome: InboundOutcome) -> audit::AuditEntry {
+    match outcome {
+        InboundOutcome::Queued { entry } => entry,
+        other => panic!("expected Queued, got {other:?}"),
+    }
+}
+
+/// How many entries Alice's chain on `conn-1` has.
+async fn chain_len(store: &Arc<dyn Store>, scope: &store::TenantScope) -> usize {
+    store
+        .audit_chain(scope, ALICE, "conn-1")
+        .await
+        .unwrap()
+        .len()
+}
+
+/// Sets a tenant's usage counter directly, through a second handle on the database.
+async fn set_usage(backend: &str, location: &str, tenant_id: &str, period: &str, inbound: i64) {
+    const UPSERT: &str = "INSERT INTO usage (tenant_id, period, inbound) VALUES ($1, $2, $3) \
+        ON CONFLICT (tenant_id, period) DO UPDATE SET inbound = excluded.inbound";
+    match backend {
+        "sqlite" => {
+            let store = store::sqlite::SqliteStore::open(location).await.unwrap();
+            sqlx::query(UPSERT)
+                .bind(tenant_id)
+                .bind(period)
+                .bind(inbound)
+                .execute(store.pool())
+                .await
+                .unwrap();
+        }
+        "postgres" => {
+            let store = store::postgres::PostgresStore::open(location)
+                .await
+                .unwrap();
+            sqlx::query(UPSERT)
+                .bind(tenant_id)
+                .bind(period)
+                .bind(inbound)
+                .execute(store.pool())
+                .await
+                .unwrap();
+        }
+        other => panic!("unknown backend {other}"),
+    }
+}
+
+async fn an_allowed_inbound_message_is_counted_audited_and_queued(
+    store: Arc<dyn Store>,
+    _location: String,
+) {
+    let scope = store.create_tenant("acme", Plan::Pro).await.unwrap();
+    let record = inbound(1, Some(Plan::Pro));
+    let entry = queued(store.record_inbound(&scope, record.clone()).await.unwrap());
+    assert_eq!(entry.seq, 0);
+    assert_eq!(entry.prev_hash, audit::GENESIS_PREV_HASH);
+    assert_eq!(entry.decision, AuditDecision::Allow);
+    assert_eq!(entry.msg_id, "m-1");
+    assert_eq!(
+        store.audit_chain(&scope, ALICE, "conn-1").await.unwrap(),
+        vec![entry]
+    );
+    assert_eq!(store.usage(&scope, PERIOD).await.unwrap(), 1);
+    let message = record.allow.unwrap().message;
+    assert_eq!(
+        store.message_status(&scope, &message.id).await.unwrap(),
+        "queued"
+    );
+    let queued = store.queued_messages(&scope, ALICE, 10).await.unwrap();
+    assert_eq!(queued.len(), 1);
+    let got = &queued[0];
+    assert_eq!(
+        (
+            got.id.as_str(),
+            got.agent_did.as_str(),
+            got.connection_id.as_str(),
+            got.msg_id.as_str(),
+            got.msg_type.as_str(),
+            got.envelope.as_str(),
+            got.peer_did.as_str(),
+        ),
+        (
+            message.id.as_str(),
+            ALICE,
+            "conn-1",
+            "m-1",
+            message.msg_type.as_str(),
+            message.envelope.as_str(),
+            BOB,
+        )
+    );
+    assert_eq!(got.obligations, message.obligations);
+    assert_eq!(got.policies_fired, message.policies_fired);
+    assert_eq!(got.attempts, 0);
+    assert_eq!(got.expires_at_ms, message.expires_at_ms);
+    assert!(got.created_at_ms > 1_700_000_000_000);
+    assert_eq!(store.queue_depth().await.unwrap(), 1);
+    // The replay guard was recorded in the same transaction.
+    assert!(matches!(
+        store.record_replay(BOB, "m-1").await,
+        Err(StoreError::Conflict(_))
+    ));
+}
+
+async fn a_denied_inbound_message_is_only_audited(store: Arc<dyn Store>, _location: String) {
+    let scope = store.create_tenant("acme", Plan::Free).await.unwrap();
+    let record = inbound(2, None);
+    let outcome = store.record_inbound(&scope, record.clone()).await.unwrap();
+    let InboundOutcome::Denied { entry } = outcome else {
+        panic!("expected Denied, got {outcome:?}");
+    };
+    assert_eq!(entry.decision, AuditDecision::Deny);
+    assert_eq!(entry.reason, record.audit.reason);
+    assert_eq!(entry.obligations, record.audit.obligations);
+    assert_eq!(
+        store.audit_chain(&scope, ALICE, "conn-1").await.unwrap(),
+        vec![entry]
+    );
+    assert_eq!(store.usage(&scope, PERIOD).await.unwrap(), 0);
+    assert!(
+        store
+            .queued_messages(&scope, ALICE, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.queue_depth().await.unwrap(), 0);
+}
+
+async fn an_inbound_message_at_the_cap_is_denied_as_quota_exceeded(
+    store: Arc<dyn Store>,
+    location: String,
+) {
+    let scope = store.create_tenant("acme", Plan::Free).await.unwrap();
+    // One under the cap: the 1000th message is queued.
+    set_usage(store.backend(), &location, "acme", PERIOD, 999).await;
+    queued(
+        store
+            .record_inbound(&scope, inbound(1, Some(Plan::Free)))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(store.usage(&scope, PERIOD).await.unwrap(), 1000);
+
+    // At the cap: audited as a deny, nothing counted or queued.
+    let record = inbound(3, Some(Plan::Free));
+    let outcome = store.record_inbound(&scope, record.clone()).await.unwrap();
+    let InboundOutcome::QuotaExceeded { entry, used, cap } = outcome else {
+        panic!("expected QuotaExceeded, got {outcome:?}");
+    };
+    assert_eq!((used, cap), (1000, 1000));
+    assert_eq!(entry.seq, 1);
+    assert_eq!(entry.decision, AuditDecision::Deny);
+    assert_eq!(
+        entry.reason.as_deref(),
+        Some("quota_exceeded:free:1000/1000")
+    );
+    assert!(entry.obligations.is_empty());
+    assert_eq!(entry.policies_fired, record.audit.policies_fired);
+    assert_eq!(entry.msg_id, "m-3");
+    let chain = store.audit_chain(&scope, ALICE, "conn-1").await.unwrap();
+    assert_eq!(chain.len(), 2);
+    assert_eq!(chain[1], entry);
+    assert!(audit::verify_chain(&chain).valid);
+    assert_eq!(store.usage(&scope, PERIOD).await.unwrap(), 1000);
+    let queued = store.queued_messages(&scope, ALICE, 10).await.unwrap();
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].msg_id, "m-1");
+    // The replay guard holds the refused message too.
+    assert!(matches!(
+        store.record_inbound(&scope, record).await,
+        Err(StoreError::Replayed)
+    ));
+}
+
+async fn a_replayed_inbound_message_writes_nothing(store: Arc<dyn Store>, _location: String) {
+    let scope = store.create_tenant("acme", Plan::Pro).await.unwrap();
+    let record = inbound(4, Some(Plan::Pro));
+    store.record_inbound(&scope, record.clone()).await.unwrap();
+    // The same (signer, message id) again, allowed or denied: refused, nothing written.
+    for again in [record.clone(), inbound(4, None)] {
+        assert!(matches!(
+            store.record_inbound(&scope, again).await,
+            Err(StoreError::Replayed)
+        ));
+    }
+    let mut other_id = record.clone();
+    other_id.allow.as_mut().unwrap().message.id = "another-queue-id".to_owned();
+    assert!(matches!(
+        store.record_inbound(&scope, other_id).await,
+        Err(StoreError::Replayed)
+    ));
+    assert_eq!(chain_len(&store, &scope).await, 1);
+    assert_eq!(store.usage(&scope, PERIOD).await.unwrap(), 1);
+    assert_eq!(store.queue_depth().await.unwrap(), 1);
+    // A failure after the replay insert rolls the replay row back too: a queue id taken
+    // already fails the whole record, and the message can be recorded again later.
+    let mut clash = inbound(5, Some(Plan::Pro));
+    clash.allow.as_mut().unwrap().message.id = record.allow.unwrap().message.id;
+    assert!(matches!(
+        store.record_inbound(&scope, clash).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(chain_len(&store, &scope).await, 1);
+    assert_eq!(store.usage(&scope, PERIOD).await.unwrap(), 1);
+    queued(
+        store
+            .record_inbound(&scope, inbound(5, Some(Plan::Pro)))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(store.usage(&scope, PERIOD).await.unwrap(), 2);
+}
+
+async fn concurrent_inbound_records_keep_one_unbroken_chain(
+    store: Arc<dyn Store>,
+    _location: String,
+) {
+    let scope = store.create_tenant("busy", Plan::Team).await.unwrap();
+    let tasks: Vec<_> = (0..8u64)
+        .map(|task| {
+            let store = store.clone();
+            let scope = scope.clone();
+            tokio::spawn(async move {
+                for n in 0..50u64 {
+                    let outcome = store
+                        .record_inbound(&scope, inbound(task * 50 + n, Some(Plan::Team)))
+                        .await
+                        .unwrap();
+                    assert!(matches!(outcome, InboundOutcome::Queued { .. }));
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let chain = store.audit_chain(&scope, ALICE, "conn-1").await.unwrap();
+    assert_eq!(chain.len(), 400);
+    let report = audit::verify_chain(&chain);
+    assert!(report.valid, "{report:?}");
+    assert_eq!(report.entries_seen, 400);
+    assert_eq!(store.usage(&scope, PERIOD).await.unwrap(), 400);
+    assert_eq!(store.queue_depth().await.unwrap(), 400);
+    assert_eq!(
+        store
+            .queued_messages(&scope, ALICE, 1000)
+            .await
+            .unwrap()
+            .len(),
+        400
+    );
+}
+
+async fn queues_revocations_chains_and_ping_are_per_tenant(
+    store: Arc<dyn Store>,
+    _location: String,
+) {
+    store.ping().await.unwrap();
+    let a = store.create_tenant("tenant-a", Plan::Team).await.unwrap();
+    let b = store.create_tenant("tenant-b", Plan::Team).await.unwrap();
+    assert_eq!(store.queue_depth().await.unwrap(), 0);
+    assert!(store.audit_chains(&a).await.unwrap().is_empty());
+    assert!(store.revocations(&a, ALICE).await.unwrap().is_empty());
+
+    // Queued messages, oldest first, at most `limit`; another agent's are not listed.
+    for n in 0..5u64 {
+        let record = inbound(n, Some(Plan::Team));
+        store.record_inbound(&a, record).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    }
+    let mut carol = inbound(9, Some(Plan::Team));
+    carol.agent_did = "did:web:carol.agent".to_owned();
+    carol.allow.as_mut().unwrap().message.agent_did = "did:web:carol.agent".to_owned();
+    store.record_inbound(&a, carol).await.unwrap();
+    let queued = store.queued_messages(&a, ALICE, 3).await.unwrap();
+    let ids: Vec<&str> = queued.iter().map(|m| m.msg_id.as_str()).collect();
+    assert_eq!(ids, ["m-0", "m-1", "m-2"]);
+    assert!(
+        queued
+            .windows(2)
+            .all(|pair| pair[0].created_at_ms <= pair[1].created_at_ms)
+    );
+    assert_eq!(
+        store.queued_messages(&a, ALICE, 100).await.unwrap().len(),
+        5
+    );
+    assert!(
+        store
+            .queued_messages(&a, ALICE, 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .queued_messages(&b, ALICE, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // The gauge is host-wide: B's message counts too.
+    store
+        .record_inbound(&b, inbound(20, Some(Plan::Team)))
+        .await
+        .unwrap();
+    assert_eq!(store.queue_depth().await.unwrap(), 7);
+
+    // Audit chains of the tenant, sorted.
+    store
+        .append_audit(&a, ALICE, "conn-0", audit_fields(0), AuditExtra::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.audit_chains(&a).await.unwrap(),
+        vec![
+            (ALICE.to_owned(), "conn-0".to_owned()),
+            (ALICE.to_owned(), "conn-1".to_owned()),
+            ("did:web:carol.agent".to_owned(), "conn-1".to_owned()),
+        ]
+    );
+    assert_eq!(
+        store.audit_chains(&b).await.unwrap(),
+        vec![(ALICE.to_owned(), "conn-1".to_owned())]
+    );
+    let c = store.create_tenant("tenant-c", Plan::Team).await.unwrap();
+    assert!(store.audit_chains(&c).await.unwrap().is_empty());
+
+    // Revocations, oldest first, per agent and tenant.
+    store
+        .add_revocation(&a, ALICE, "connection", "conn-1")
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    store
+        .add_revocation(&a, ALICE, "token", "tok-9")
+        .await
+        .unwrap();
+    store
+        .add_revocation(&a, ALICE, "connection", "conn-1")
+        .await
+        .unwrap();
+    store
+        .add_revocation(&a, "did:web:carol.agent", "connection", "conn-7")
+        .await
+        .unwrap();
+    let revoked = store.revocations(&a, ALICE).await.unwrap();
+    let kinds: Vec<(&str, &str)> = revoked
+        .iter()
+        .map(|r| (r.kind.as_str(), r.id.as_str()))
+        .collect();
+    assert_eq!(kinds, [("connection", "conn-1"), ("token", "tok-9")]);
+    assert!(revoked[0].created_at_ms < revoked[1].created_at_ms);
+    assert!(store.revocations(&b, ALICE).await.unwrap().is_empty());
 }
 
 #[tokio::test]

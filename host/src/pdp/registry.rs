@@ -38,6 +38,11 @@ impl PolicyRegistry {
         &self.engine
     }
 
+    /// The compiled policy with this digest, if this host has loaded it.
+    pub fn get(&self, digest: &str) -> Option<Arc<CompiledPolicy>> {
+        self.lock().get(digest).cloned()
+    }
+
     /// The compiled policy for these component bytes: from memory, from the disk cache,
     /// or admitted and compiled now.
     pub fn load(&self, bytes: &[u8]) -> Result<Arc<CompiledPolicy>, AdmissionError> {

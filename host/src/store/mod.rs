@@ -8,6 +8,12 @@
 //! tenant-owned operation takes a [`TenantScope`], which only the store hands out (after
 //! looking the tenant up), so a tenant id read from a request cannot be used by accident.
 //!
+//! Both backends run the same SQL (`mod sql`; SQLite accepts `$n` parameters) through one
+//! implementation written once in `store_impl!`; a backend supplies only how it opens, how
+//! a write transaction begins and how an audit chain is locked. Dispatch records a verified
+//! envelope with [`Store::record_inbound`]: replay guard, quota, audit and queue in one
+//! transaction.
+//!
 //! Queries are checked at run time (`sqlx::query`), not at compile time: no database is
 //! needed to build. Times are epoch milliseconds (UTC).
 
@@ -49,6 +55,9 @@ pub enum StoreError {
     /// A stored value does not decode to its domain type.
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
+    /// This (signer, message id) was accepted before: the envelope is a replay.
+    #[error("this (signer, message id) was accepted before")]
+    Replayed,
     /// An audit entry could not be built.
     #[error(transparent)]
     Audit(#[from] AuditError),
@@ -274,10 +283,108 @@ pub struct AuditExtra {
     pub envelope_sha256: Option<String>,
 }
 
+/// Everything dispatch records for one verified inbound envelope, committed by
+/// [`Store::record_inbound`] in one transaction (all or nothing).
+#[derive(Clone, Debug, PartialEq)]
+pub struct InboundRecord {
+    /// The envelope's signer: with `msg_id`, the replay guard's key.
+    pub signer_did: String,
+    /// The envelope's `id`.
+    pub msg_id: String,
+    /// The hosted agent: with `connection_id`, the audit chain's key.
+    pub agent_did: String,
+    /// The connection it travelled on.
+    pub connection_id: String,
+    /// The decision as the PDP / dispatch made it.
+    pub audit: NewAuditEntry,
+    /// Columns stored beside the audit entry.
+    pub extra: AuditExtra,
+    /// For an allowed message: counted against the plan quota, and queued if under it.
+    /// `None` for a deny.
+    pub allow: Option<AllowedInbound>,
+}
+
+/// The allowed part of an [`InboundRecord`]: what to count, and what to queue.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AllowedInbound {
+    /// The quota period, `YYYY-MM` (UTC).
+    pub period: String,
+    /// The tenant's plan (its [`Plan::monthly_cap`] is the cap).
+    pub plan: Plan,
+    /// The message to queue when under the cap.
+    pub message: NewMessage,
+}
+
+/// What [`Store::record_inbound`] recorded.
+#[derive(Clone, Debug, PartialEq)]
+pub enum InboundOutcome {
+    /// Allowed, counted and queued.
+    Queued {
+        /// The audit entry appended.
+        entry: AuditEntry,
+    },
+    /// Allowed by the policy but the tenant is at its cap: the audit entry is a deny with
+    /// reason `quota_exceeded:<plan>:<used>/<cap>`, no obligations and the fired policies
+    /// kept; nothing was counted or queued.
+    QuotaExceeded {
+        /// The audit entry appended.
+        entry: AuditEntry,
+        /// Inbound messages counted this period.
+        used: u64,
+        /// The plan's cap.
+        cap: u64,
+    },
+    /// Denied: audited only.
+    Denied {
+        /// The audit entry appended.
+        entry: AuditEntry,
+    },
+}
+
+/// A message waiting in the queue.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueuedMessage {
+    /// The queue id.
+    pub id: String,
+    /// The hosted agent it is for.
+    pub agent_did: String,
+    /// The connection it travelled on.
+    pub connection_id: String,
+    /// The envelope's `id`.
+    pub msg_id: String,
+    /// The envelope's `type`.
+    pub msg_type: String,
+    /// The envelope, JWS compact, as received.
+    pub envelope: String,
+    /// The sender.
+    pub peer_did: String,
+    /// Obligations of the decision.
+    pub obligations: Vec<Obligation>,
+    /// Policies that fired.
+    pub policies_fired: Vec<String>,
+    /// Delivery attempts so far.
+    pub attempts: u32,
+    /// When it was queued.
+    pub created_at_ms: i64,
+    /// When it stops being worth delivering, if ever.
+    pub expires_at_ms: Option<i64>,
+}
+
+/// A revocation published by a hosted agent.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Revocation {
+    /// What is revoked (`connection`, `token`, ...).
+    pub kind: String,
+    /// Its id.
+    pub id: String,
+    /// When it was revoked.
+    pub created_at_ms: i64,
+}
+
 /// The store. Every tenant-owned operation takes a [`TenantScope`] and touches only that
 /// tenant's rows.
 #[async_trait]
-pub trait Store: Send + Sync {
+pub trait Store: std::fmt::Debug + Send + Sync {
     /// `"sqlite"` or `"postgres"`.
     fn backend(&self) -> &'static str;
 
@@ -379,8 +486,42 @@ pub trait Store: Send + Sync {
     ) -> StoreResult<()>;
     /// Makes a stored version the tenant's active policy (`NotFound` when not stored).
     async fn activate_policy(&self, scope: &TenantScope, digest: &str) -> StoreResult<()>;
-    /// The tenant's active policy, `(digest, component bytes)`, if one was activated.
-    async fn active_policy(&self, scope: &TenantScope) -> StoreResult<Option<(String, Vec<u8>)>>;
+    /// The digest of the tenant's active policy, if one was activated.
+    async fn active_policy_digest(&self, scope: &TenantScope) -> StoreResult<Option<String>>;
+    /// A stored policy version's component bytes (`NotFound` otherwise).
+    async fn policy_bytes(&self, scope: &TenantScope, digest: &str) -> StoreResult<Vec<u8>>;
+
+    /// Records one verified inbound envelope in one transaction: the replay guard insert,
+    /// (if allowed) the atomic quota check-and-count, the audit append (serialized per
+    /// chain) and (if allowed and under the quota) the enqueue. A replayed
+    /// `(signer_did, msg_id)` is `Err(Replayed)` and writes nothing.
+    ///
+    /// Both backends take their locks in this order (replay key, chain, usage row), so
+    /// concurrent calls cannot deadlock.
+    async fn record_inbound(
+        &self,
+        scope: &TenantScope,
+        record: InboundRecord,
+    ) -> StoreResult<InboundOutcome>;
+    /// Cheap reachability check (for `GET /ready`).
+    async fn ping(&self) -> StoreResult<()>;
+    /// Messages with status `queued`, host-wide (the queue-depth gauge).
+    async fn queue_depth(&self) -> StoreResult<u64>;
+    /// The agent's queued messages, oldest first (ties by id), at most `limit`.
+    async fn queued_messages(
+        &self,
+        scope: &TenantScope,
+        agent_did: &str,
+        limit: u32,
+    ) -> StoreResult<Vec<QueuedMessage>>;
+    /// The agent's revocations (for `/.well-known/revocations.json`), oldest first.
+    async fn revocations(
+        &self,
+        scope: &TenantScope,
+        agent_did: &str,
+    ) -> StoreResult<Vec<Revocation>>;
+    /// Every audit chain of the tenant as `(agent_did, connection_id)`, sorted.
+    async fn audit_chains(&self, scope: &TenantScope) -> StoreResult<Vec<(String, String)>>;
 }
 
 /// Opens the store at `location`, creating it if missing, and runs the migrations:
@@ -532,6 +673,639 @@ impl TryFrom<AuditRow> for AuditEntry {
     }
 }
 
+#[derive(sqlx::FromRow)]
+struct QueuedMessageRow {
+    id: String,
+    agent_did: String,
+    connection_id: String,
+    msg_id: String,
+    msg_type: String,
+    envelope: String,
+    peer_did: String,
+    obligations: Json<Vec<Obligation>>,
+    policies_fired: Json<Vec<String>>,
+    attempts: i64,
+    created_at: i64,
+    expires_at: Option<i64>,
+}
+
+impl TryFrom<QueuedMessageRow> for QueuedMessage {
+    type Error = StoreError;
+
+    fn try_from(row: QueuedMessageRow) -> StoreResult<Self> {
+        let attempts = u32::try_from(row.attempts)
+            .map_err(|_| StoreError::Corrupt(format!("attempts {}", row.attempts)))?;
+        Ok(Self {
+            id: row.id,
+            agent_did: row.agent_did,
+            connection_id: row.connection_id,
+            msg_id: row.msg_id,
+            msg_type: row.msg_type,
+            envelope: row.envelope,
+            peer_did: row.peer_did,
+            obligations: row.obligations.0,
+            policies_fired: row.policies_fired.0,
+            attempts,
+            created_at_ms: row.created_at,
+            expires_at_ms: row.expires_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct RevocationRow {
+    kind: String,
+    id: String,
+    created_at: i64,
+}
+
+impl From<RevocationRow> for Revocation {
+    fn from(row: RevocationRow) -> Self {
+        Self {
+            kind: row.kind,
+            id: row.id,
+            created_at_ms: row.created_at,
+        }
+    }
+}
+
+/// The audit fields of a message the policy allowed but the plan quota refuses: a deny
+/// with reason `quota_exceeded:<plan>:<used>/<cap>`, no obligations, the fired policies
+/// kept (ARP-PROTOCOL §2).
+fn quota_exceeded_fields(fields: NewAuditEntry, plan: Plan, used: u64, cap: u64) -> NewAuditEntry {
+    NewAuditEntry {
+        decision: AuditDecision::Deny,
+        reason: Some(format!("quota_exceeded:{}:{used}/{cap}", plan.as_str())),
+        obligations: Vec::new(),
+        ..fields
+    }
+}
+
+/// Expands to a backend's whole [`Store`] implementation (in a private module
+/// `store_impl` of the backend's module), so each operation is written once for both.
+/// Every query is the shared SQL of [`sql`]. Called in the backend's module as
+/// `store_impl!(BackendStore, sqlx::<Database>, "<name>")` (the database type by its full
+/// path: it is named inside the generated module); the backend type supplies, besides its
+/// `pool` field, the two places where the backends differ:
+///
+/// - `async fn begin_write(&self) -> StoreResult<sqlx::Transaction<'static, $db>>`: a
+///   transaction that will write (SQLite takes the database's write lock here);
+/// - `async fn lock_chain(tx: &mut sqlx::Transaction<'static, $db>, key: &str) ->
+///   StoreResult<()>`: hold the lock of one audit chain until the transaction ends, before
+///   its head is read (Postgres: an advisory lock; SQLite: already held).
+macro_rules! store_impl {
+    ($store:ident, $db:ty, $backend:literal) => {
+        mod store_impl {
+            use async_trait::async_trait;
+            use sqlx::types::Json;
+
+            use super::$store;
+            use $crate::audit::{AuditEntry, NewAuditEntry};
+            use $crate::store::{
+                Agent, AgentRow, AllowedInbound, AuditExtra, AuditRow, Connection, ConnectionRow,
+                InboundOutcome, InboundRecord, NewMessage, Plan, QueuedMessage, QueuedMessageRow,
+                Revocation, RevocationRow, Store, StoreError, StoreResult, Tenant, TenantRow,
+                TenantScope, chain_key, now_ms, quota_exceeded_fields, sql, to_i64, to_u64,
+            };
+
+            /// The single-statement steps that both a transaction and the pool run.
+            impl $store {
+                /// Inserts the replay guard row; `false` when it was there already.
+                async fn insert_replay<'e>(
+                    executor: impl sqlx::Executor<'e, Database = $db>,
+                    signer_did: &str,
+                    msg_id: &str,
+                ) -> StoreResult<bool> {
+                    let done = sqlx::query(sql::INSERT_REPLAY)
+                        .bind(signer_did)
+                        .bind(msg_id)
+                        .bind(now_ms())
+                        .execute(executor)
+                        .await?;
+                    Ok(done.rows_affected() == 1)
+                }
+
+                async fn count_usage<'e>(
+                    executor: impl sqlx::Executor<'e, Database = $db>,
+                    scope: &TenantScope,
+                    period: &str,
+                    cap: Option<u64>,
+                ) -> StoreResult<Option<u64>> {
+                    let cap = match cap {
+                        Some(0) => return Ok(None),
+                        Some(cap) => i64::try_from(cap).unwrap_or(i64::MAX),
+                        None => i64::MAX,
+                    };
+                    let used: Option<i64> = sqlx::query_scalar(sql::COUNT_USAGE_IF_UNDER)
+                        .bind(scope.tenant_id())
+                        .bind(period)
+                        .bind(cap)
+                        .fetch_optional(executor)
+                        .await?;
+                    used.map(|used| to_u64(used, "usage")).transpose()
+                }
+
+                async fn read_usage<'e>(
+                    executor: impl sqlx::Executor<'e, Database = $db>,
+                    scope: &TenantScope,
+                    period: &str,
+                ) -> StoreResult<u64> {
+                    let used: Option<i64> = sqlx::query_scalar(sql::SELECT_USAGE)
+                        .bind(scope.tenant_id())
+                        .bind(period)
+                        .fetch_optional(executor)
+                        .await?;
+                    to_u64(used.unwrap_or(0), "usage")
+                }
+
+                /// The last entry of a chain (read under the chain's lock).
+                async fn chain_head<'e>(
+                    executor: impl sqlx::Executor<'e, Database = $db>,
+                    scope: &TenantScope,
+                    agent_did: &str,
+                    connection_id: &str,
+                ) -> StoreResult<Option<AuditEntry>> {
+                    let head: Option<AuditRow> = sqlx::query_as(sql::SELECT_CHAIN_HEAD)
+                        .bind(scope.tenant_id())
+                        .bind(agent_did)
+                        .bind(connection_id)
+                        .fetch_optional(executor)
+                        .await?;
+                    head.map(AuditEntry::try_from).transpose()
+                }
+
+                async fn insert_audit<'e>(
+                    executor: impl sqlx::Executor<'e, Database = $db>,
+                    scope: &TenantScope,
+                    agent_did: &str,
+                    connection_id: &str,
+                    entry: &AuditEntry,
+                    extra: &AuditExtra,
+                ) -> StoreResult<()> {
+                    let fuel_used = extra
+                        .fuel_used
+                        .map(|fuel| to_i64(fuel, "fuel_used"))
+                        .transpose()?;
+                    sqlx::query(sql::INSERT_AUDIT)
+                        .bind(scope.tenant_id())
+                        .bind(agent_did)
+                        .bind(connection_id)
+                        .bind(to_i64(entry.seq, "seq")?)
+                        .bind(&entry.timestamp)
+                        .bind(&entry.msg_id)
+                        .bind(entry.decision.as_str())
+                        .bind(Json(&entry.policies_fired))
+                        .bind(Json(&entry.obligations))
+                        .bind(entry.spend_delta_cents)
+                        .bind(&entry.reason)
+                        .bind(&entry.prev_hash)
+                        .bind(&entry.self_hash)
+                        .bind(&extra.policy_digest)
+                        .bind(fuel_used)
+                        .bind(&extra.envelope_sha256)
+                        .execute(executor)
+                        .await?;
+                    Ok(())
+                }
+
+                async fn insert_message<'e>(
+                    executor: impl sqlx::Executor<'e, Database = $db>,
+                    scope: &TenantScope,
+                    message: &NewMessage,
+                ) -> StoreResult<()> {
+                    sqlx::query(sql::INSERT_MESSAGE)
+                        .bind(scope.tenant_id())
+                        .bind(&message.id)
+                        .bind(&message.agent_did)
+                        .bind(&message.connection_id)
+                        .bind(&message.msg_id)
+                        .bind(&message.msg_type)
+                        .bind(&message.envelope)
+                        .bind(&message.peer_did)
+                        .bind(Json(&message.obligations))
+                        .bind(Json(&message.policies_fired))
+                        .bind(now_ms())
+                        .bind(message.expires_at_ms)
+                        .execute(executor)
+                        .await?;
+                    Ok(())
+                }
+            }
+
+            #[async_trait]
+            impl Store for $store {
+                fn backend(&self) -> &'static str {
+                    $backend
+                }
+
+                async fn create_tenant(
+                    &self,
+                    tenant_id: &str,
+                    plan: Plan,
+                ) -> StoreResult<TenantScope> {
+                    sqlx::query(sql::INSERT_TENANT)
+                        .bind(tenant_id)
+                        .bind(plan.as_str())
+                        .bind(now_ms())
+                        .execute(&self.pool)
+                        .await?;
+                    Ok(TenantScope::looked_up(tenant_id.to_owned()))
+                }
+
+                async fn tenant_scope(&self, tenant_id: &str) -> StoreResult<TenantScope> {
+                    let row: Option<TenantRow> = sqlx::query_as(sql::SELECT_TENANT)
+                        .bind(tenant_id)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                    row.map(|row| TenantScope::looked_up(row.id))
+                        .ok_or_else(|| StoreError::NotFound(format!("tenant {tenant_id}")))
+                }
+
+                async fn tenant(&self, scope: &TenantScope) -> StoreResult<Tenant> {
+                    let row: Option<TenantRow> = sqlx::query_as(sql::SELECT_TENANT)
+                        .bind(scope.tenant_id())
+                        .fetch_optional(&self.pool)
+                        .await?;
+                    row.ok_or_else(|| {
+                        StoreError::NotFound(format!("tenant {}", scope.tenant_id()))
+                    })?
+                    .try_into()
+                }
+
+                async fn create_agent(
+                    &self,
+                    scope: &TenantScope,
+                    agent: &Agent,
+                ) -> StoreResult<()> {
+                    sqlx::query(sql::INSERT_AGENT)
+                        .bind(scope.tenant_id())
+                        .bind(&agent.did)
+                        .bind(&agent.public_key_multibase)
+                        .bind(Json(&agent.did_document))
+                        .bind(Json(&agent.agent_card))
+                        .bind(Json(&agent.arp_json))
+                        .bind(now_ms())
+                        .execute(&self.pool)
+                        .await?;
+                    Ok(())
+                }
+
+                async fn agent(&self, scope: &TenantScope, did: &str) -> StoreResult<Agent> {
+                    let row: Option<AgentRow> = sqlx::query_as(sql::SELECT_AGENT)
+                        .bind(scope.tenant_id())
+                        .bind(did)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                    row.map(|row| row.into_scoped().1)
+                        .ok_or_else(|| StoreError::NotFound(format!("agent {did}")))
+                }
+
+                async fn agent_by_did(&self, did: &str) -> StoreResult<(TenantScope, Agent)> {
+                    let row: Option<AgentRow> = sqlx::query_as(sql::SELECT_AGENT_BY_DID)
+                        .bind(did)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                    row.map(AgentRow::into_scoped)
+                        .ok_or_else(|| StoreError::NotFound(format!("agent {did}")))
+                }
+
+                async fn create_connection(
+                    &self,
+                    scope: &TenantScope,
+                    connection: &Connection,
+                ) -> StoreResult<()> {
+                    sqlx::query(sql::INSERT_CONNECTION)
+                        .bind(scope.tenant_id())
+                        .bind(&connection.connection_id)
+                        .bind(&connection.agent_did)
+                        .bind(&connection.peer_did)
+                        .bind(connection.status.as_str())
+                        .bind(Json(&connection.token_json))
+                        .bind(Json(&connection.cedar_policies))
+                        .bind(Json(&connection.obligations))
+                        .bind(connection.expires_at_ms)
+                        .bind(now_ms())
+                        .execute(&self.pool)
+                        .await?;
+                    Ok(())
+                }
+
+                async fn connection(
+                    &self,
+                    scope: &TenantScope,
+                    connection_id: &str,
+                ) -> StoreResult<Connection> {
+                    let row: Option<ConnectionRow> = sqlx::query_as(sql::SELECT_CONNECTION)
+                        .bind(scope.tenant_id())
+                        .bind(connection_id)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                    row.ok_or_else(|| StoreError::NotFound(format!("connection {connection_id}")))?
+                        .try_into()
+                }
+
+                async fn active_connections_between(
+                    &self,
+                    scope: &TenantScope,
+                    a: &str,
+                    b: &str,
+                ) -> StoreResult<Vec<Connection>> {
+                    let rows: Vec<ConnectionRow> = sqlx::query_as(sql::SELECT_ACTIVE_BETWEEN)
+                        .bind(scope.tenant_id())
+                        .bind(a)
+                        .bind(b)
+                        .fetch_all(&self.pool)
+                        .await?;
+                    rows.into_iter().map(Connection::try_from).collect()
+                }
+
+                async fn add_revocation(
+                    &self,
+                    scope: &TenantScope,
+                    agent_did: &str,
+                    kind: &str,
+                    id: &str,
+                ) -> StoreResult<()> {
+                    sqlx::query(sql::INSERT_REVOCATION)
+                        .bind(scope.tenant_id())
+                        .bind(agent_did)
+                        .bind(kind)
+                        .bind(id)
+                        .bind(now_ms())
+                        .execute(&self.pool)
+                        .await?;
+                    Ok(())
+                }
+
+                async fn is_revoked(
+                    &self,
+                    scope: &TenantScope,
+                    agent_did: &str,
+                    kind: &str,
+                    id: &str,
+                ) -> StoreResult<bool> {
+                    let found = sqlx::query(sql::SELECT_REVOCATION)
+                        .bind(scope.tenant_id())
+                        .bind(agent_did)
+                        .bind(kind)
+                        .bind(id)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                    Ok(found.is_some())
+                }
+
+                async fn record_replay(&self, signer_did: &str, msg_id: &str) -> StoreResult<()> {
+                    if Self::insert_replay(&self.pool, signer_did, msg_id).await? {
+                        Ok(())
+                    } else {
+                        Err(StoreError::Conflict(format!(
+                            "{signer_did} sent {msg_id} before"
+                        )))
+                    }
+                }
+
+                async fn count_usage_if_under(
+                    &self,
+                    scope: &TenantScope,
+                    period: &str,
+                    cap: Option<u64>,
+                ) -> StoreResult<Option<u64>> {
+                    Self::count_usage(&self.pool, scope, period, cap).await
+                }
+
+                async fn usage(&self, scope: &TenantScope, period: &str) -> StoreResult<u64> {
+                    Self::read_usage(&self.pool, scope, period).await
+                }
+
+                async fn append_audit(
+                    &self,
+                    scope: &TenantScope,
+                    agent_did: &str,
+                    connection_id: &str,
+                    entry: NewAuditEntry,
+                    extra: AuditExtra,
+                ) -> StoreResult<AuditEntry> {
+                    // The chain's lock first, then the head: no other writer can append in
+                    // between. Released at commit or rollback.
+                    let mut tx = self.begin_write().await?;
+                    Self::lock_chain(&mut tx, &chain_key(scope, agent_did, connection_id)).await?;
+                    let head = Self::chain_head(&mut *tx, scope, agent_did, connection_id).await?;
+                    let next = AuditEntry::next(head.as_ref(), entry)?;
+                    Self::insert_audit(&mut *tx, scope, agent_did, connection_id, &next, &extra)
+                        .await?;
+                    tx.commit().await?;
+                    Ok(next)
+                }
+
+                async fn audit_chain(
+                    &self,
+                    scope: &TenantScope,
+                    agent_did: &str,
+                    connection_id: &str,
+                ) -> StoreResult<Vec<AuditEntry>> {
+                    let rows: Vec<AuditRow> = sqlx::query_as(sql::SELECT_CHAIN)
+                        .bind(scope.tenant_id())
+                        .bind(agent_did)
+                        .bind(connection_id)
+                        .fetch_all(&self.pool)
+                        .await?;
+                    rows.into_iter().map(AuditEntry::try_from).collect()
+                }
+
+                async fn enqueue_message(
+                    &self,
+                    scope: &TenantScope,
+                    message: &NewMessage,
+                ) -> StoreResult<()> {
+                    Self::insert_message(&self.pool, scope, message).await
+                }
+
+                async fn message_status(
+                    &self,
+                    scope: &TenantScope,
+                    id: &str,
+                ) -> StoreResult<String> {
+                    let status: Option<String> = sqlx::query_scalar(sql::SELECT_MESSAGE_STATUS)
+                        .bind(scope.tenant_id())
+                        .bind(id)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                    status.ok_or_else(|| StoreError::NotFound(format!("message {id}")))
+                }
+
+                async fn put_policy_version(
+                    &self,
+                    scope: &TenantScope,
+                    digest: &str,
+                    bytes: &[u8],
+                ) -> StoreResult<()> {
+                    sqlx::query(sql::INSERT_POLICY_VERSION)
+                        .bind(scope.tenant_id())
+                        .bind(digest)
+                        .bind(bytes)
+                        .bind(now_ms())
+                        .execute(&self.pool)
+                        .await?;
+                    Ok(())
+                }
+
+                async fn activate_policy(
+                    &self,
+                    scope: &TenantScope,
+                    digest: &str,
+                ) -> StoreResult<()> {
+                    let done = sqlx::query(sql::ACTIVATE_POLICY)
+                        .bind(scope.tenant_id())
+                        .bind(digest)
+                        .execute(&self.pool)
+                        .await?;
+                    if done.rows_affected() == 0 {
+                        return Err(StoreError::NotFound(format!("policy version {digest}")));
+                    }
+                    Ok(())
+                }
+
+                async fn active_policy_digest(
+                    &self,
+                    scope: &TenantScope,
+                ) -> StoreResult<Option<String>> {
+                    Ok(sqlx::query_scalar(sql::SELECT_ACTIVE_POLICY_DIGEST)
+                        .bind(scope.tenant_id())
+                        .fetch_optional(&self.pool)
+                        .await?)
+                }
+
+                async fn policy_bytes(
+                    &self,
+                    scope: &TenantScope,
+                    digest: &str,
+                ) -> StoreResult<Vec<u8>> {
+                    let bytes: Option<Vec<u8>> = sqlx::query_scalar(sql::SELECT_POLICY_BYTES)
+                        .bind(scope.tenant_id())
+                        .bind(digest)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                    bytes.ok_or_else(|| StoreError::NotFound(format!("policy version {digest}")))
+                }
+
+                async fn record_inbound(
+                    &self,
+                    scope: &TenantScope,
+                    record: InboundRecord,
+                ) -> StoreResult<InboundOutcome> {
+                    let InboundRecord {
+                        signer_did,
+                        msg_id,
+                        agent_did,
+                        connection_id,
+                        audit,
+                        extra,
+                        allow,
+                    } = record;
+                    let mut tx = self.begin_write().await?;
+                    // (1) The replay guard: a replay ends here, the transaction rolled back
+                    // when dropped.
+                    if !Self::insert_replay(&mut *tx, &signer_did, &msg_id).await? {
+                        return Err(StoreError::Replayed);
+                    }
+                    // (2) The chain's lock, then its head.
+                    Self::lock_chain(&mut tx, &chain_key(scope, &agent_did, &connection_id))
+                        .await?;
+                    let head =
+                        Self::chain_head(&mut *tx, scope, &agent_did, &connection_id).await?;
+                    // (3) Count an allowed message if under the cap.
+                    let mut over_quota = None;
+                    if let Some(AllowedInbound { period, plan, .. }) = &allow {
+                        let cap = plan.monthly_cap();
+                        if Self::count_usage(&mut *tx, scope, period, cap)
+                            .await?
+                            .is_none()
+                        {
+                            let used = Self::read_usage(&mut *tx, scope, period).await?;
+                            over_quota = Some((*plan, used, cap.unwrap_or(0)));
+                        }
+                    }
+                    // (4) The audit entry, (5) the message.
+                    let fields = match over_quota {
+                        Some((plan, used, cap)) => quota_exceeded_fields(audit, plan, used, cap),
+                        None => audit,
+                    };
+                    let entry = AuditEntry::next(head.as_ref(), fields)?;
+                    Self::insert_audit(&mut *tx, scope, &agent_did, &connection_id, &entry, &extra)
+                        .await?;
+                    let outcome = match (allow, over_quota) {
+                        (_, Some((_, used, cap))) => {
+                            InboundOutcome::QuotaExceeded { entry, used, cap }
+                        }
+                        (Some(allowed), None) => {
+                            Self::insert_message(&mut *tx, scope, &allowed.message).await?;
+                            InboundOutcome::Queued { entry }
+                        }
+                        (None, None) => InboundOutcome::Denied { entry },
+                    };
+                    tx.commit().await?;
+                    Ok(outcome)
+                }
+
+                async fn ping(&self) -> StoreResult<()> {
+                    sqlx::query(sql::PING).execute(&self.pool).await?;
+                    Ok(())
+                }
+
+                async fn queue_depth(&self) -> StoreResult<u64> {
+                    let depth: i64 = sqlx::query_scalar(sql::QUEUE_DEPTH)
+                        .fetch_one(&self.pool)
+                        .await?;
+                    to_u64(depth, "queue depth")
+                }
+
+                async fn queued_messages(
+                    &self,
+                    scope: &TenantScope,
+                    agent_did: &str,
+                    limit: u32,
+                ) -> StoreResult<Vec<QueuedMessage>> {
+                    let rows: Vec<QueuedMessageRow> = sqlx::query_as(sql::SELECT_QUEUED)
+                        .bind(scope.tenant_id())
+                        .bind(agent_did)
+                        .bind(i64::from(limit))
+                        .fetch_all(&self.pool)
+                        .await?;
+                    rows.into_iter().map(QueuedMessage::try_from).collect()
+                }
+
+                async fn revocations(
+                    &self,
+                    scope: &TenantScope,
+                    agent_did: &str,
+                ) -> StoreResult<Vec<Revocation>> {
+                    let rows: Vec<RevocationRow> = sqlx::query_as(sql::SELECT_REVOCATIONS)
+                        .bind(scope.tenant_id())
+                        .bind(agent_did)
+                        .fetch_all(&self.pool)
+                        .await?;
+                    Ok(rows.into_iter().map(Revocation::from).collect())
+                }
+
+                async fn audit_chains(
+                    &self,
+                    scope: &TenantScope,
+                ) -> StoreResult<Vec<(String, String)>> {
+                    let mut chains: Vec<(String, String)> =
+                        sqlx::query_as(sql::SELECT_AUDIT_CHAINS)
+                            .bind(scope.tenant_id())
+                            .fetch_all(&self.pool)
+                            .await?;
+                    // Sorted here, by bytes: a Postgres collation may order text otherwise.
+                    chains.sort_unstable();
+                    Ok(chains)
+                }
+            }
+        }
+    };
+}
+use store_impl;
+
 /// The SQL both backends run: SQLite accepts Postgres-style `$n` parameters, and both have
 /// `ON CONFLICT ... DO UPDATE ... WHERE` and `RETURNING`. Only the chain lock differs.
 mod sql {
@@ -563,9 +1337,13 @@ mod sql {
          agent_did, kind, id, created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING";
     pub(super) const SELECT_REVOCATION: &str = "SELECT 1 FROM revocations \
          WHERE tenant_id = $1 AND agent_did = $2 AND kind = $3 AND id = $4";
+    pub(super) const SELECT_REVOCATIONS: &str = "SELECT kind, id, created_at FROM revocations \
+         WHERE tenant_id = $1 AND agent_did = $2 ORDER BY created_at, kind, id";
 
-    pub(super) const INSERT_REPLAY: &str =
-        "INSERT INTO replay_guard (signer_did, msg_id, seen_at) VALUES ($1, $2, $3)";
+    /// Inserts nothing (0 rows) when the key is there: a replay is not an error inside a
+    /// transaction (Postgres would abort it).
+    pub(super) const INSERT_REPLAY: &str = "INSERT INTO replay_guard (signer_did, msg_id, \
+         seen_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING";
 
     /// One statement, so atomic on both backends: the conflicting row is locked (Postgres)
     /// or the database is (SQLite) while the cap is checked; nothing is written when the
@@ -584,6 +1362,8 @@ mod sql {
          policies_fired, obligations, spend_delta_cents, reason, prev_hash, self_hash \
          FROM audit_entries WHERE tenant_id = $1 AND agent_did = $2 AND connection_id = $3 \
          ORDER BY seq DESC LIMIT 1";
+    pub(super) const SELECT_AUDIT_CHAINS: &str = "SELECT DISTINCT agent_did, connection_id \
+         FROM audit_entries WHERE tenant_id = $1";
     pub(super) const SELECT_CHAIN: &str = "SELECT seq, timestamp, msg_id, decision, \
          policies_fired, obligations, spend_delta_cents, reason, prev_hash, self_hash \
          FROM audit_entries WHERE tenant_id = $1 AND agent_did = $2 AND connection_id = $3 \
@@ -600,6 +1380,11 @@ mod sql {
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'queued', 0, $11, $12)";
     pub(super) const SELECT_MESSAGE_STATUS: &str =
         "SELECT status FROM messages WHERE tenant_id = $1 AND id = $2";
+    pub(super) const SELECT_QUEUED: &str = "SELECT id, agent_did, connection_id, msg_id, \
+         msg_type, envelope, peer_did, obligations, policies_fired, attempts, created_at, \
+         expires_at FROM messages WHERE tenant_id = $1 AND agent_did = $2 \
+         AND status = 'queued' ORDER BY created_at, id LIMIT $3";
+    pub(super) const QUEUE_DEPTH: &str = "SELECT COUNT(*) FROM messages WHERE status = 'queued'";
 
     pub(super) const INSERT_POLICY_VERSION: &str = "INSERT INTO policy_versions (tenant_id, \
          digest, bytes, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
@@ -607,9 +1392,12 @@ mod sql {
     pub(super) const ACTIVATE_POLICY: &str = "INSERT INTO active_policy (tenant_id, digest) \
          SELECT tenant_id, digest FROM policy_versions WHERE tenant_id = $1 AND digest = $2 \
          ON CONFLICT (tenant_id) DO UPDATE SET digest = excluded.digest";
-    pub(super) const SELECT_ACTIVE_POLICY: &str = "SELECT v.digest, v.bytes \
-         FROM active_policy a JOIN policy_versions v \
-         ON v.tenant_id = a.tenant_id AND v.digest = a.digest WHERE a.tenant_id = $1";
+    pub(super) const SELECT_ACTIVE_POLICY_DIGEST: &str =
+        "SELECT digest FROM active_policy WHERE tenant_id = $1";
+    pub(super) const SELECT_POLICY_BYTES: &str =
+        "SELECT bytes FROM policy_versions WHERE tenant_id = $1 AND digest = $2";
+
+    pub(super) const PING: &str = "SELECT 1";
 }
 
 #[cfg(test)]
@@ -659,6 +1447,32 @@ mod tests {
             StoreError::from(sqlx::Error::Protocol("odd".into())),
             StoreError::Database(_)
         ));
+    }
+
+    #[test]
+    fn a_quota_refusal_is_a_deny_without_obligations() {
+        let allowed = NewAuditEntry {
+            timestamp: "2026-12-03T19:35:52.000Z".to_owned(),
+            msg_id: "m-1".to_owned(),
+            decision: AuditDecision::Allow,
+            policies_fired: vec!["policy0".to_owned()],
+            obligations: vec![Obligation {
+                kind: "spend_cap".to_owned(),
+                params: serde_json::json!({"max_cents": 500}),
+            }],
+            spend_delta_cents: 0,
+            reason: None,
+        };
+        let refused = quota_exceeded_fields(allowed.clone(), Plan::Pro, 10_000, 10_000);
+        assert_eq!(
+            refused,
+            NewAuditEntry {
+                decision: AuditDecision::Deny,
+                reason: Some("quota_exceeded:pro:10000/10000".to_owned()),
+                obligations: Vec::new(),
+                ..allowed
+            }
+        );
     }
 
     #[test]
