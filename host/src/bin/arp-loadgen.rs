@@ -293,11 +293,17 @@ async fn send(
                     let Some(envelope) = envelopes.get(n) else {
                         break;
                     };
-                    if let Some(interval) = interval {
-                        // Open-loop pacing: envelope n is due at n × interval.
-                        tokio::time::sleep_until((started + interval * n as u32).into()).await;
-                    }
-                    let sent = Instant::now();
+                    // Open-loop pacing: envelope n is due at n × interval, and its latency
+                    // counts from then, so a server that falls behind is not flattered by
+                    // the requests it delayed (coordinated omission).
+                    let sent = match interval {
+                        Some(interval) => {
+                            let due = started + interval * n as u32;
+                            tokio::time::sleep_until(due.into()).await;
+                            due
+                        }
+                        None => Instant::now(),
+                    };
                     let answer = client.post(&endpoint).body(envelope.clone()).send().await;
                     let decision = match answer {
                         Ok(response) if response.status().as_u16() == 202 => response

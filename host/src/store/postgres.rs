@@ -34,6 +34,9 @@ impl PostgresStore {
         let options = PgConnectOptions::from_str(url)
             .map_err(|_| StoreError::InvalidLocation(url.to_owned()))?;
         let pool = PgPoolOptions::new()
+            // sqlx pings every connection it hands out by default: a round trip per query.
+            // A dead connection fails its query instead (answered 503) and is discarded.
+            .test_before_acquire(false)
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)

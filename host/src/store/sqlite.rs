@@ -56,6 +56,9 @@ impl SqliteStore {
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
+            // sqlx pings every connection it hands out by default: a round trip per query.
+            // A dead connection fails its query instead (answered 503) and is discarded.
+            .test_before_acquire(false)
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(BUSY_TIMEOUT)
             .connect_with(options)
