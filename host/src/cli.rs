@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::agent_client;
 use crate::audit;
+use crate::delivery::{DeliveryConfig, Hub};
 use crate::did_web::{DidWebConfig, DidWebResolver};
 use crate::dispatch::{DispatchConfig, Dispatcher};
 use crate::http::{self, AppState};
@@ -157,6 +159,26 @@ pub enum AgentCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Connect as the agent to a running host's WebSocket (GET /ws), print every frame
+    /// it sends as one JSON line on stdout, ack each inbound_message, and reconnect with
+    /// backoff (1 s doubling to 30 s) when the connection drops. For operators and tests.
+    Connect {
+        /// The host's base URL (http:// or ws://).
+        #[arg(long, default_value = "http://127.0.0.1:8787")]
+        url: String,
+        /// The agent's DID.
+        #[arg(long)]
+        did: String,
+        /// File holding the agent's secret key (the hex seed of `agent create --key-out`).
+        #[arg(long)]
+        key: PathBuf,
+        /// Exit after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Do not ack: messages stay queued and are delivered again.
+        #[arg(long)]
+        no_ack: bool,
+    },
 }
 
 /// `arp-host connection ...`
@@ -213,6 +235,26 @@ pub struct ServeArgs {
     /// Also trust this PEM CA certificate for did:web fetches.
     #[arg(long, env = "ARP_DID_WEB_CA_FILE")]
     pub did_web_ca_file: Option<PathBuf>,
+    /// A push not acked within this many milliseconds is sent again.
+    #[arg(long, env = "ARP_ACK_TIMEOUT_MS", default_value_t = 30_000)]
+    pub ack_timeout_ms: u64,
+    /// WebSocket ping interval in milliseconds; a peer silent for two is dropped.
+    #[arg(long, env = "ARP_PING_INTERVAL_MS", default_value_t = 25_000)]
+    pub ping_interval_ms: u64,
+    /// How long a queued message stays deliverable, in seconds (then it is expired).
+    #[arg(long, env = "ARP_MESSAGE_TTL_SECS", default_value_t = 7 * 24 * 3600)]
+    pub message_ttl_secs: u64,
+    /// How often queued messages past their expiry are marked expired, in seconds.
+    #[arg(long, env = "ARP_EXPIRY_INTERVAL_SECS", default_value_t = 60)]
+    pub expiry_interval_secs: u64,
+    /// How often a connected agent's queue is rescanned without a signal, in
+    /// milliseconds: a safety net for lost signals between hosts.
+    #[arg(long, env = "ARP_RESCAN_INTERVAL_MS", default_value_t = 5_000)]
+    pub rescan_interval_ms: u64,
+    /// Check bearers against this fixed time (epoch ms) instead of the clock: for tests
+    /// that replay recorded bearers.
+    #[arg(long, hide = true)]
+    pub bearer_clock_ms: Option<i64>,
 }
 
 /// `arp-host policy ...`
@@ -464,6 +506,38 @@ async fn run_tenant(command: TenantCommand) -> Result<ExitCode, CliError> {
 
 async fn run_agent(command: AgentCommand) -> Result<ExitCode, CliError> {
     match command {
+        AgentCommand::Connect {
+            url,
+            did,
+            key,
+            count,
+            no_ack,
+        } => {
+            let seed = std::fs::read_to_string(&key).map_err(|source| CliError::Read {
+                path: key.display().to_string(),
+                source,
+            })?;
+            let seed: [u8; 32] = hex::decode(seed.trim())
+                .ok()
+                .and_then(|bytes| bytes.try_into().ok())
+                .ok_or_else(|| {
+                    CliError::Invalid(format!(
+                        "{} does not hold a 32-byte hex seed",
+                        key.display()
+                    ))
+                })?;
+            let options = agent_client::ClientOptions {
+                url,
+                did,
+                key: ed25519_dalek::SigningKey::from_bytes(&seed),
+                count,
+                ack: !no_ack,
+            };
+            agent_client::run(options)
+                .await
+                .map_err(|error| CliError::Invalid(error.to_string()))?;
+            Ok(ExitCode::SUCCESS)
+        }
         AgentCommand::Create {
             tenant,
             did,
@@ -623,11 +697,24 @@ fn run_serve(args: ServeArgs) -> Result<ExitCode, CliError> {
     let metrics = Arc::new(Metrics::new(args.metrics_log_samples));
     let config = DispatchConfig {
         clock_window: Duration::from_secs(args.clock_window_secs),
+        message_ttl: Duration::from_secs(args.message_ttl_secs),
         ..DispatchConfig::default()
+    };
+    let delivery = DeliveryConfig {
+        ack_timeout: Duration::from_millis(args.ack_timeout_ms.max(1)),
+        ping_interval: Duration::from_millis(args.ping_interval_ms.max(1)),
+        rescan_interval: Duration::from_millis(args.rescan_interval_ms.max(1)),
+        ..DeliveryConfig::default()
     };
     let runtime = tokio::runtime::Runtime::new().map_err(io_error("cannot start the runtime"))?;
     runtime.block_on(async {
         let store = args.store.open().await?;
+        let hub = Arc::new(Hub::new(store.clone(), delivery));
+        tokio::spawn(hub.clone().run_host_events());
+        tokio::spawn(
+            hub.clone()
+                .run_expiry(Duration::from_secs(args.expiry_interval_secs.max(1))),
+        );
         let dispatcher = Dispatcher::new(
             store.clone(),
             Arc::new(Pdp::new(engine, None)),
@@ -636,13 +723,16 @@ fn run_serve(args: ServeArgs) -> Result<ExitCode, CliError> {
             peers,
             metrics.clone(),
             config,
-        );
+        )
+        .with_delivery(hub.clone());
         let state = AppState {
             dispatcher: Arc::new(dispatcher),
             store: store.clone(),
             metrics,
             default_policy_digest: default_policy.digest.clone(),
             body_limit: args.body_limit,
+            hub: hub.clone(),
+            bearer_clock_ms: args.bearer_clock_ms,
         };
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
@@ -653,12 +743,20 @@ fn run_serve(args: ServeArgs) -> Result<ExitCode, CliError> {
         tracing::info!(address = %local, store = store.backend(), "listening");
         println!("listening on http://{local}");
         let _ = std::io::stdout().flush();
-        http::serve(listener, state, shutdown_signal())
+        let shutdown = async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down: closing agent sessions");
+            hub.shutdown(SESSION_SHUTDOWN_GRACE).await;
+        };
+        http::serve(listener, state, shutdown)
             .await
             .map_err(io_error(format!("the server on {local} failed")))
     })?;
     Ok(ExitCode::SUCCESS)
 }
+
+/// How long shutdown waits for agent sessions to close after `shutdown` was sent.
+const SESSION_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CliError {
     let what = what.into();

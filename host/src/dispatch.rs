@@ -8,12 +8,14 @@
 //! [`DispatchError`] carrying the wire reason code; only a failing store is a 5xx.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
 use crate::audit::{AuditDecision, NewAuditEntry, format_timestamp};
+use crate::clock::now_ms;
 use crate::connection::{self, ConnectionToken, LookupError, StatusDenial};
+use crate::delivery::Hub;
 use crate::envelope::{self, ClaimError, EnvelopeError, VerifiedEnvelope, is_response_type};
 use crate::mapping::map_request;
 use crate::metrics::Metrics;
@@ -150,6 +152,7 @@ pub struct Dispatcher {
     peers: PeerResolver,
     metrics: Arc<Metrics>,
     config: DispatchConfig,
+    hub: Option<Arc<Hub>>,
 }
 
 /// The verified envelope and where it goes: what the later stages need.
@@ -180,7 +183,19 @@ impl Dispatcher {
             peers,
             metrics,
             config,
+            hub: None,
         }
+    }
+
+    /// Signals `hub` after each queued message, so a connected agent gets it at once.
+    pub fn with_delivery(mut self, hub: Arc<Hub>) -> Self {
+        self.hub = Some(hub);
+        self
+    }
+
+    /// The metrics dispatch records.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The store dispatch writes to.
@@ -195,12 +210,26 @@ impl Dispatcher {
         host: Option<&str>,
         compact: &str,
     ) -> Result<Outcome, DispatchError> {
-        let routed = self.route_and_verify(host, compact).await?;
+        let target = host
+            .and_then(agent_did_from_host)
+            .ok_or(DispatchError::UnknownAgent)?;
+        self.dispatch_to(&target, compact).await
+    }
+
+    /// Handles one envelope sent to the agent `target` (a DID): a POST after routing, or
+    /// an agent's `outbound_envelope`.
+    pub async fn dispatch_to(&self, target: &str, compact: &str) -> Result<Outcome, DispatchError> {
+        let routed = self.route_and_verify(target.to_owned(), compact).await?;
         let tenant = routed.scope.tenant_id().to_owned();
         self.metrics.inbound(&tenant);
         let result = self.decide_and_record(routed).await;
         match &result {
-            Ok(Outcome::Queued { .. }) => self.metrics.queued(&tenant),
+            Ok(Outcome::Queued { .. }) => {
+                self.metrics.queued(&tenant);
+                if let Some(hub) = &self.hub {
+                    hub.message_queued(target).await;
+                }
+            }
             Ok(Outcome::Denied { reason }) => self.metrics.denied(&tenant, reason),
             Err(DispatchError::ConnectionDenied(denial)) => {
                 self.metrics.denied(&tenant, denial.code());
@@ -212,12 +241,9 @@ impl Dispatcher {
 
     async fn route_and_verify(
         &self,
-        host: Option<&str>,
+        target: String,
         compact: &str,
     ) -> Result<Routed, DispatchError> {
-        let target = host
-            .and_then(agent_did_from_host)
-            .ok_or(DispatchError::UnknownAgent)?;
         let scope = match self.store.agent_by_did(&target).await {
             Ok((scope, _)) => scope,
             Err(StoreError::NotFound(_)) => return Err(DispatchError::UnknownAgent),
@@ -459,15 +485,6 @@ impl Dispatcher {
             ))),
         })
     }
-}
-
-/// Now, in epoch milliseconds.
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
-        })
 }
 
 /// A random (v4) UUID, the queue id of a message.

@@ -3,11 +3,16 @@
 //!
 //! Where to start reading: [`pdp::engine`] runs one policy decision; [`cli`] is every
 //! command of the `arp-host` binary; [`runner`] is the local policy runner; [`http`] is
-//! the server's routes; [`store`] is the persistence layer (SQLite or Postgres).
+//! the server's routes; [`dispatch`] is the `POST /didcomm` pipeline; [`delivery`] pushes
+//! queued messages to connected agents; [`store`] is the persistence layer (SQLite or
+//! Postgres).
 
+pub mod agent_client;
 pub mod audit;
 pub mod cli;
+pub mod clock;
 pub mod connection;
+pub mod delivery;
 pub mod did;
 pub mod did_web;
 pub mod dispatch;

@@ -62,6 +62,7 @@ on_both_backends!(
     a_replayed_inbound_message_writes_nothing,
     concurrent_inbound_records_keep_one_unbroken_chain,
     queues_revocations_chains_and_ping_are_per_tenant,
+    delivery_acks_counts_attempts_and_expires_per_agent,
 );
 
 fn agent(did: &str) -> Agent {
@@ -619,7 +620,10 @@ async fn an_allowed_inbound_message_is_counted_audited_and_queued(
         store.message_status(&scope, &message.id).await.unwrap(),
         "queued"
     );
-    let queued = store.queued_messages(&scope, ALICE, 10).await.unwrap();
+    let queued = store
+        .deliverable_messages(&scope, ALICE, 0, 10)
+        .await
+        .unwrap();
     assert_eq!(queued.len(), 1);
     let got = &queued[0];
     assert_eq!(
@@ -672,7 +676,7 @@ async fn a_denied_inbound_message_is_only_audited(store: Arc<dyn Store>, _locati
     assert_eq!(store.usage(&scope, PERIOD).await.unwrap(), 0);
     assert!(
         store
-            .queued_messages(&scope, ALICE, 10)
+            .deliverable_messages(&scope, ALICE, 0, 10)
             .await
             .unwrap()
             .is_empty()
@@ -716,7 +720,10 @@ async fn an_inbound_message_at_the_cap_is_denied_as_quota_exceeded(
     assert_eq!(chain[1], entry);
     assert!(audit::verify_chain(&chain).valid);
     assert_eq!(store.usage(&scope, PERIOD).await.unwrap(), 1000);
-    let queued = store.queued_messages(&scope, ALICE, 10).await.unwrap();
+    let queued = store
+        .deliverable_messages(&scope, ALICE, 0, 10)
+        .await
+        .unwrap();
     assert_eq!(queued.len(), 1);
     assert_eq!(queued[0].msg_id, "m-1");
     // The replay guard holds the refused message too.
@@ -797,7 +804,7 @@ async fn concurrent_inbound_records_keep_one_unbroken_chain(
     assert_eq!(store.queue_depth().await.unwrap(), 400);
     assert_eq!(
         store
-            .queued_messages(&scope, ALICE, 1000)
+            .deliverable_messages(&scope, ALICE, 0, 1000)
             .await
             .unwrap()
             .len(),
@@ -826,7 +833,7 @@ async fn queues_revocations_chains_and_ping_are_per_tenant(
     carol.agent_did = "did:web:carol.agent".to_owned();
     carol.allow.as_mut().unwrap().message.agent_did = "did:web:carol.agent".to_owned();
     store.record_inbound(&a, carol).await.unwrap();
-    let queued = store.queued_messages(&a, ALICE, 3).await.unwrap();
+    let queued = store.deliverable_messages(&a, ALICE, 0, 3).await.unwrap();
     let ids: Vec<&str> = queued.iter().map(|m| m.msg_id.as_str()).collect();
     assert_eq!(ids, ["m-0", "m-1", "m-2"]);
     assert!(
@@ -835,19 +842,23 @@ async fn queues_revocations_chains_and_ping_are_per_tenant(
             .all(|pair| pair[0].created_at_ms <= pair[1].created_at_ms)
     );
     assert_eq!(
-        store.queued_messages(&a, ALICE, 100).await.unwrap().len(),
+        store
+            .deliverable_messages(&a, ALICE, 0, 100)
+            .await
+            .unwrap()
+            .len(),
         5
     );
     assert!(
         store
-            .queued_messages(&a, ALICE, 0)
+            .deliverable_messages(&a, ALICE, 0, 0)
             .await
             .unwrap()
             .is_empty()
     );
     assert!(
         store
-            .queued_messages(&b, ALICE, 100)
+            .deliverable_messages(&b, ALICE, 0, 100)
             .await
             .unwrap()
             .is_empty()
@@ -951,4 +962,78 @@ async fn sqlite_opens_from_a_url_a_file_or_a_directory() {
     let nested = dir.path().join("a").join("b").join("store.db");
     store::open(&nested.display().to_string()).await.unwrap();
     assert!(nested.is_file());
+}
+
+async fn delivery_acks_counts_attempts_and_expires_per_agent(
+    store: Arc<dyn Store>,
+    _location: String,
+) {
+    let a = store.create_tenant("tenant-a", Plan::Team).await.unwrap();
+    let b = store.create_tenant("tenant-b", Plan::Team).await.unwrap();
+    // m-1 never expires (odd n), m-2 expires in 2030, m-3 never; m-5 is already expired.
+    for n in [1u64, 2, 3] {
+        store
+            .record_inbound(&a, inbound(n, Some(Plan::Team)))
+            .await
+            .unwrap();
+    }
+    let mut stale = inbound(5, Some(Plan::Team));
+    stale.allow.as_mut().unwrap().message.expires_at_ms = Some(1);
+    store.record_inbound(&a, stale).await.unwrap();
+
+    assert_eq!(store.deliverable_count(&a, ALICE).await.unwrap(), 3);
+    assert_eq!(store.deliverable_count(&b, ALICE).await.unwrap(), 0);
+    let page = store.deliverable_messages(&a, ALICE, 1, 10).await.unwrap();
+    let ids: Vec<&str> = page.iter().map(|m| m.msg_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["m-2", "m-3"],
+        "offset skips the oldest; the expired is never listed"
+    );
+
+    let first = store.deliverable_messages(&a, ALICE, 0, 1).await.unwrap();
+    let id = first[0].id.clone();
+    store.count_attempt(&a, &id).await.unwrap();
+    store.count_attempt(&a, &id).await.unwrap();
+    let again = store.deliverable_messages(&a, ALICE, 0, 1).await.unwrap();
+    assert_eq!(again[0].attempts, 2);
+
+    // Acks are per tenant and agent, and only once.
+    assert!(!store.ack_message(&b, ALICE, &id).await.unwrap());
+    assert!(
+        !store
+            .ack_message(&a, "did:web:carol.agent", &id)
+            .await
+            .unwrap()
+    );
+    assert!(store.ack_message(&a, ALICE, &id).await.unwrap());
+    assert!(!store.ack_message(&a, ALICE, &id).await.unwrap());
+    assert_eq!(store.message_status(&a, &id).await.unwrap(), "delivered");
+    assert_eq!(store.deliverable_count(&a, ALICE).await.unwrap(), 2);
+
+    assert_eq!(store.expire_messages(1_000).await.unwrap(), 1);
+    assert_eq!(store.expire_messages(1_000).await.unwrap(), 0);
+    assert_eq!(store.queue_depth().await.unwrap(), 2);
+
+    // Connection listing and status changes stay within the tenant.
+    store
+        .create_connection(&a, &connection("c-a", ALICE, BOB, ConnectionStatus::Active))
+        .await
+        .unwrap();
+    assert_eq!(store.agent_connections(&a, ALICE).await.unwrap().len(), 1);
+    assert!(store.agent_connections(&b, ALICE).await.unwrap().is_empty());
+    assert!(matches!(
+        store
+            .set_connection_status(&b, "c-a", ConnectionStatus::Revoked)
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    store
+        .set_connection_status(&a, "c-a", ConnectionStatus::Suspended)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.connection(&a, "c-a").await.unwrap().status,
+        ConnectionStatus::Suspended
+    );
 }

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod postgres;
 
 use std::io::{BufRead, BufReader};
@@ -92,9 +93,25 @@ impl Server {
 
     /// Stops the server with SIGTERM and waits for it.
     pub fn stop(mut self) {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        self.signal("-TERM");
         assert!(self.child.wait().unwrap().success());
+    }
+
+    /// Sends SIGTERM and returns; a thread waits for the exit and asserts it was clean.
+    pub fn stop_in_background(mut self) -> std::thread::JoinHandle<()> {
+        self.signal("-TERM");
+        std::thread::spawn(move || assert!(self.child.wait().unwrap().success()))
+    }
+
+    /// Kills the server with SIGKILL: no shutdown work at all.
+    pub fn kill9(mut self) {
+        self.signal("-KILL");
+        let _ = self.child.wait();
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args([signal, &pid]).status().unwrap();
     }
 }
 
@@ -147,6 +164,14 @@ impl Peer {
         Self {
             did: key["did"].as_str().unwrap().to_owned(),
             key: SigningKey::from_bytes(&seed),
+        }
+    }
+
+    /// A peer with this DID and key.
+    pub fn with_key(did: &str, key: SigningKey) -> Self {
+        Self {
+            did: did.to_owned(),
+            key,
         }
     }
 

@@ -67,6 +67,16 @@ struct Args {
     /// Distinct peers (one connection, hence one audit chain, each).
     #[arg(long, default_value_t = 8)]
     peers: usize,
+    /// What to measure: `dispatch` (POST to 202) or `delivery` (POST to the
+    /// `inbound_message` frame at the agent, connected over WebSocket and acking).
+    #[arg(long, value_enum, default_value = "dispatch")]
+    mode: Mode,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    Dispatch,
+    Delivery,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -93,7 +103,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let run_id = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis();
     let agent_did = format!("did:web:lg{run_id}.agent");
     let host = agent_did.trim_start_matches("did:web:").to_owned();
-    let peers = provision_tenant(&args, run_id, &agent_did).await?;
+    let (agent_key, peers) = provision_tenant(&args, run_id, &agent_did).await?;
 
     eprintln!(
         "signing {} envelopes from {} peers ...",
@@ -110,9 +120,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .pool_max_idle_per_host(args.concurrency)
         .build()?;
     let endpoint = format!("{}/didcomm?target={host}", args.url.trim_end_matches('/'));
+    let agent = match args.mode {
+        Mode::Dispatch => None,
+        Mode::Delivery => Some(Agent::connect(&args.url, &agent_did, &agent_key).await?),
+    };
     if !warmup.is_empty() {
         eprintln!("warming up with {} envelopes ...", warmup.len());
         send(&client, &endpoint, warmup, args.concurrency, args.rate).await;
+    }
+    if let Some(agent) = &agent {
+        agent.wait_for(args.warmup).await?;
     }
     eprintln!(
         "sending {} envelopes, concurrency {}, rate {} ...",
@@ -129,16 +146,116 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if report.failed > 0 {
         bail!("{} requests failed", report.failed);
     }
+    if let Some(agent) = agent {
+        agent.wait_for(args.warmup + args.count).await?;
+        agent.report(args.warmup, &report.sent_at);
+    }
     Ok(())
 }
 
+/// The load's agent in delivery mode: connected over WebSocket, acking every frame, and
+/// noting when each envelope (by its index in the run) arrived.
+struct Agent {
+    received: Arc<std::sync::Mutex<Vec<(usize, Instant)>>>,
+}
+
+impl Agent {
+    async fn connect(url: &str, did: &str, key: &SigningKey) -> anyhow::Result<Self> {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+
+        let bearer = arp_host::delivery::bearer::sign_bearer(did, key, arp_host::clock::now_ms());
+        let url = format!(
+            "{}&token={bearer}",
+            arp_host::agent_client::session_url(url, did)?
+        );
+        let (mut socket, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .context("cannot open the agent's WebSocket")?;
+        let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = received.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(frame)) = socket.next().await {
+                let at = Instant::now();
+                let Message::Text(text) = frame else { continue };
+                let Ok(frame) = serde_json::from_str::<serde_json::Value>(&text) else {
+                    continue;
+                };
+                if frame["kind"] != "inbound_message" {
+                    continue;
+                }
+                let index = frame["msgId"]
+                    .as_str()
+                    .and_then(|id| id.rsplit('-').next())
+                    .and_then(|n| n.parse::<usize>().ok());
+                if let Some(index) = index {
+                    sink.lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push((index, at));
+                }
+                let ack = json!({"kind": "ack", "messageId": frame["messageId"]});
+                if socket.send(Message::text(ack.to_string())).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Self { received })
+    }
+
+    fn count(&self) -> usize {
+        self.received.lock().map_or(0, |received| received.len())
+    }
+
+    /// Waits until `count` frames arrived (30 s without progress is a failure).
+    async fn wait_for(&self, count: usize) -> anyhow::Result<()> {
+        let mut last = (self.count(), Instant::now());
+        while self.count() < count {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let now = self.count();
+            if now != last.0 {
+                last = (now, Instant::now());
+            } else if last.1.elapsed() > Duration::from_secs(30) {
+                bail!("only {now} of {count} messages reached the agent");
+            }
+        }
+        Ok(())
+    }
+
+    /// Prints POST-to-frame percentiles of the measured envelopes (indices from `first`).
+    fn report(&self, first: usize, sent_at: &[Instant]) {
+        let received = self.received.lock().map(|r| r.clone()).unwrap_or_default();
+        let mut latencies: Vec<Duration> = received
+            .iter()
+            .filter_map(|(index, at)| {
+                let sent = sent_at.get(index.checked_sub(first)?)?;
+                Some(at.saturating_duration_since(*sent))
+            })
+            .collect();
+        latencies.sort_unstable();
+        let percentile = |p: f64| {
+            let rank =
+                ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len().max(1));
+            latencies
+                .get(rank - 1)
+                .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+        };
+        println!(
+            "delivery: {} frames; POST-to-frame p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms",
+            latencies.len(),
+            percentile(0.50),
+            percentile(0.95),
+            percentile(0.99),
+        );
+    }
+}
+
 /// Creates the load's tenant (plan `internal`: no quota), agent, peers and connections,
-/// and activates the chosen policy. Returns the peers' keys.
+/// and activates the chosen policy. Returns the agent's key and the peers' keys.
 async fn provision_tenant(
     args: &Args,
     run_id: u128,
     agent_did: &str,
-) -> anyhow::Result<Vec<(String, SigningKey)>> {
+) -> anyhow::Result<(SigningKey, Vec<(String, SigningKey)>)> {
     let store = store::open(&args.database_url)
         .await
         .context("cannot open the store")?;
@@ -147,6 +264,11 @@ async fn provision_tenant(
         .await?;
     let agent = provision::new_agent(agent_did, "did:web:owner.example", None, None)?;
     store.create_agent(&scope, &agent.agent).await?;
+    let agent_key = SigningKey::from_bytes(
+        &agent
+            .secret_seed
+            .context("a generated agent has its secret key")?,
+    );
     if args.policy == PolicyChoice::Scopes {
         let digest = digest_of(SCOPES_POLICY);
         store
@@ -186,7 +308,7 @@ async fn provision_tenant(
             .await?;
         peers.push((did, key));
     }
-    Ok(peers)
+    Ok((agent_key, peers))
 }
 
 /// Every envelope of the run, round-robin over the peers.
@@ -226,6 +348,8 @@ fn sign_all(
 
 /// What one run measured.
 struct Report {
+    /// When each envelope was due (or sent), by index.
+    sent_at: Vec<Instant>,
     allowed: usize,
     denied: usize,
     failed: usize,
@@ -287,6 +411,7 @@ async fn send(
             let (envelopes, next) = (envelopes.clone(), next.clone());
             tokio::spawn(async move {
                 let mut measured = Vec::new();
+                let mut sent_at = Vec::new();
                 let (mut allowed, mut denied, mut failed) = (0, 0, 0);
                 loop {
                     let n = next.fetch_add(1, Ordering::Relaxed);
@@ -325,17 +450,19 @@ async fn send(
                         }
                     };
                     measured.push(sent.elapsed());
+                    sent_at.push((n, sent));
                     match decision.as_deref() {
                         Some("allow") => allowed += 1,
                         Some(_) => denied += 1,
                         None => failed += 1,
                     }
                 }
-                (measured, allowed, denied, failed)
+                (measured, sent_at, allowed, denied, failed)
             })
         })
         .collect();
     let mut report = Report {
+        sent_at: vec![started; envelopes.len()],
         allowed: 0,
         denied: 0,
         failed: 0,
@@ -344,8 +471,11 @@ async fn send(
     };
     for worker in workers {
         match worker.await {
-            Ok((measured, allowed, denied, failed)) => {
+            Ok((measured, sent_at, allowed, denied, failed)) => {
                 report.latencies.extend(measured);
+                for (n, sent) in sent_at {
+                    report.sent_at[n] = sent;
+                }
                 report.allowed += allowed;
                 report.denied += denied;
                 report.failed += failed;

@@ -1,9 +1,11 @@
 //! The HTTP surface: `app(state)` builds the router, `serve` runs it until shutdown.
 //!
 //! Routes: `POST /didcomm` ([`didcomm`]), the per-agent `/.well-known/*` documents
-//! ([`well_known`]), `GET /health` (the process is up), `GET /ready` (the store answers)
+//! ([`well_known`]), the agents' `GET /ws` and `GET /agent-connections` ([`agent`]),
+//! `GET /health` (the process is up), `GET /ready` (the store answers)
 //! and `GET /metrics` (Prometheus text). Errors are [`error::ApiError`] JSON bodies.
 
+pub mod agent;
 pub mod didcomm;
 pub mod error;
 pub mod well_known;
@@ -19,6 +21,7 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
+use crate::delivery::Hub;
 use crate::dispatch::Dispatcher;
 use crate::metrics::{self, Metrics};
 use crate::store::Store;
@@ -42,6 +45,11 @@ pub struct AppState {
     pub default_policy_digest: String,
     /// Largest accepted request body, in bytes (413 above).
     pub body_limit: usize,
+    /// The agents' live sessions.
+    pub hub: Arc<Hub>,
+    /// A fixed clock for bearer checks, for tests replaying recorded bearers; `None`: the
+    /// system clock.
+    pub bearer_clock_ms: Option<i64>,
 }
 
 /// The router of the whole server.
@@ -65,6 +73,8 @@ pub fn app(state: AppState) -> Router {
             "/.well-known/revocations.json",
             get(well_known::revocations),
         )
+        .route("/ws", get(agent::ws))
+        .route("/agent-connections", get(agent::connections))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics_text))

@@ -21,13 +21,13 @@ pub mod postgres;
 pub mod sqlite;
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use serde_json::Value;
 use sqlx::types::Json;
 
 use crate::audit::{AuditDecision, AuditEntry, AuditError, NewAuditEntry};
+pub(crate) use crate::clock::now_ms;
 use crate::pdp::Obligation;
 
 /// What a store operation returns.
@@ -507,13 +507,6 @@ pub trait Store: std::fmt::Debug + Send + Sync {
     async fn ping(&self) -> StoreResult<()>;
     /// Messages with status `queued`, host-wide (the queue-depth gauge).
     async fn queue_depth(&self) -> StoreResult<u64>;
-    /// The agent's queued messages, oldest first (ties by id), at most `limit`.
-    async fn queued_messages(
-        &self,
-        scope: &TenantScope,
-        agent_did: &str,
-        limit: u32,
-    ) -> StoreResult<Vec<QueuedMessage>>;
     /// The agent's revocations (for `/.well-known/revocations.json`), oldest first.
     async fn revocations(
         &self,
@@ -522,6 +515,50 @@ pub trait Store: std::fmt::Debug + Send + Sync {
     ) -> StoreResult<Vec<Revocation>>;
     /// Every audit chain of the tenant as `(agent_did, connection_id)`, sorted.
     async fn audit_chains(&self, scope: &TenantScope) -> StoreResult<Vec<(String, String)>>;
+
+    /// The agent's deliverable messages (queued, not expired) in arrival order, at most
+    /// `limit`, skipping the first `offset`.
+    async fn deliverable_messages(
+        &self,
+        scope: &TenantScope,
+        agent_did: &str,
+        offset: u32,
+        limit: u32,
+    ) -> StoreResult<Vec<QueuedMessage>>;
+    /// How many of the agent's messages are deliverable (the `queuedCount` of
+    /// `server_hello`).
+    async fn deliverable_count(&self, scope: &TenantScope, agent_did: &str) -> StoreResult<u64>;
+    /// Counts one delivery attempt of a queued message.
+    async fn count_attempt(&self, scope: &TenantScope, id: &str) -> StoreResult<()>;
+    /// Marks the agent's queued message delivered (its ack); `false` when there is no
+    /// such queued message for this agent (unknown, another agent's, or acked before).
+    async fn ack_message(
+        &self,
+        scope: &TenantScope,
+        agent_did: &str,
+        id: &str,
+    ) -> StoreResult<bool>;
+    /// Marks every queued message past its expiry `expired`, host-wide; how many.
+    async fn expire_messages(&self, now_ms: i64) -> StoreResult<u64>;
+    /// The tenant's connections of one agent, by id.
+    async fn agent_connections(
+        &self,
+        scope: &TenantScope,
+        agent_did: &str,
+    ) -> StoreResult<Vec<Connection>>;
+    /// Sets a connection's status (`NotFound` when the tenant has no such connection).
+    async fn set_connection_status(
+        &self,
+        scope: &TenantScope,
+        connection_id: &str,
+        status: ConnectionStatus,
+    ) -> StoreResult<()>;
+
+    /// Tells every host sharing this store about `event` (Postgres `NOTIFY`; a no-op on
+    /// SQLite, whose one host needs no telling).
+    async fn notify_hosts(&self, event: &str) -> StoreResult<()>;
+    /// Starts listening to the events of [`Store::notify_hosts`]; `None` on SQLite.
+    async fn host_events(&self) -> StoreResult<Option<postgres::HostEvents>>;
 }
 
 /// Opens the store at `location`, creating it if missing, and runs the migrations:
@@ -536,15 +573,6 @@ pub async fn open(location: &str) -> StoreResult<Arc<dyn Store>> {
     } else {
         Ok(Arc::new(sqlite::SqliteStore::open(location).await?))
     }
-}
-
-/// Now, in epoch milliseconds.
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
-        })
 }
 
 fn to_i64(value: u64, what: &str) -> StoreResult<i64> {
@@ -763,9 +791,10 @@ macro_rules! store_impl {
             use $crate::audit::{AuditEntry, NewAuditEntry};
             use $crate::store::{
                 Agent, AgentRow, AllowedInbound, AuditExtra, AuditRow, Connection, ConnectionRow,
-                InboundOutcome, InboundRecord, NewMessage, Plan, QueuedMessage, QueuedMessageRow,
-                Revocation, RevocationRow, Store, StoreError, StoreResult, Tenant, TenantRow,
-                TenantScope, chain_key, now_ms, quota_exceeded_fields, sql, to_i64, to_u64,
+                ConnectionStatus, InboundOutcome, InboundRecord, NewMessage, Plan, QueuedMessage,
+                QueuedMessageRow, Revocation, RevocationRow, Store, StoreError, StoreResult,
+                Tenant, TenantRow, TenantScope, chain_key, now_ms, quota_exceeded_fields, sql,
+                to_i64, to_u64,
             };
 
             /// The single-statement steps that both a transaction and the pool run.
@@ -1259,21 +1288,6 @@ macro_rules! store_impl {
                     to_u64(depth, "queue depth")
                 }
 
-                async fn queued_messages(
-                    &self,
-                    scope: &TenantScope,
-                    agent_did: &str,
-                    limit: u32,
-                ) -> StoreResult<Vec<QueuedMessage>> {
-                    let rows: Vec<QueuedMessageRow> = sqlx::query_as(sql::SELECT_QUEUED)
-                        .bind(scope.tenant_id())
-                        .bind(agent_did)
-                        .bind(i64::from(limit))
-                        .fetch_all(&self.pool)
-                        .await?;
-                    rows.into_iter().map(QueuedMessage::try_from).collect()
-                }
-
                 async fn revocations(
                     &self,
                     scope: &TenantScope,
@@ -1285,6 +1299,111 @@ macro_rules! store_impl {
                         .fetch_all(&self.pool)
                         .await?;
                     Ok(rows.into_iter().map(Revocation::from).collect())
+                }
+
+                async fn deliverable_messages(
+                    &self,
+                    scope: &TenantScope,
+                    agent_did: &str,
+                    offset: u32,
+                    limit: u32,
+                ) -> StoreResult<Vec<QueuedMessage>> {
+                    let rows: Vec<QueuedMessageRow> = sqlx::query_as(sql::SELECT_DELIVERABLE)
+                        .bind(scope.tenant_id())
+                        .bind(agent_did)
+                        .bind(now_ms())
+                        .bind(i64::from(limit))
+                        .bind(i64::from(offset))
+                        .fetch_all(&self.pool)
+                        .await?;
+                    rows.into_iter().map(QueuedMessage::try_from).collect()
+                }
+
+                async fn deliverable_count(
+                    &self,
+                    scope: &TenantScope,
+                    agent_did: &str,
+                ) -> StoreResult<u64> {
+                    let count: i64 = sqlx::query_scalar(sql::COUNT_DELIVERABLE)
+                        .bind(scope.tenant_id())
+                        .bind(agent_did)
+                        .bind(now_ms())
+                        .fetch_one(&self.pool)
+                        .await?;
+                    to_u64(count, "deliverable count")
+                }
+
+                async fn count_attempt(&self, scope: &TenantScope, id: &str) -> StoreResult<()> {
+                    sqlx::query(sql::COUNT_ATTEMPT)
+                        .bind(scope.tenant_id())
+                        .bind(id)
+                        .execute(&self.pool)
+                        .await?;
+                    Ok(())
+                }
+
+                async fn ack_message(
+                    &self,
+                    scope: &TenantScope,
+                    agent_did: &str,
+                    id: &str,
+                ) -> StoreResult<bool> {
+                    let done = sqlx::query(sql::ACK_MESSAGE)
+                        .bind(scope.tenant_id())
+                        .bind(agent_did)
+                        .bind(id)
+                        .execute(&self.pool)
+                        .await?;
+                    Ok(done.rows_affected() == 1)
+                }
+
+                async fn expire_messages(&self, now_ms: i64) -> StoreResult<u64> {
+                    let done = sqlx::query(sql::EXPIRE_MESSAGES)
+                        .bind(now_ms)
+                        .execute(&self.pool)
+                        .await?;
+                    Ok(done.rows_affected())
+                }
+
+                async fn agent_connections(
+                    &self,
+                    scope: &TenantScope,
+                    agent_did: &str,
+                ) -> StoreResult<Vec<Connection>> {
+                    let rows: Vec<ConnectionRow> = sqlx::query_as(sql::SELECT_AGENT_CONNECTIONS)
+                        .bind(scope.tenant_id())
+                        .bind(agent_did)
+                        .fetch_all(&self.pool)
+                        .await?;
+                    rows.into_iter().map(Connection::try_from).collect()
+                }
+
+                async fn set_connection_status(
+                    &self,
+                    scope: &TenantScope,
+                    connection_id: &str,
+                    status: ConnectionStatus,
+                ) -> StoreResult<()> {
+                    let done = sqlx::query(sql::SET_CONNECTION_STATUS)
+                        .bind(scope.tenant_id())
+                        .bind(connection_id)
+                        .bind(status.as_str())
+                        .execute(&self.pool)
+                        .await?;
+                    if done.rows_affected() == 0 {
+                        return Err(StoreError::NotFound(format!("connection {connection_id}")));
+                    }
+                    Ok(())
+                }
+
+                async fn notify_hosts(&self, event: &str) -> StoreResult<()> {
+                    self.notify_hosts_impl(event).await
+                }
+
+                async fn host_events(
+                    &self,
+                ) -> StoreResult<Option<$crate::store::postgres::HostEvents>> {
+                    self.host_events_impl().await
                 }
 
                 async fn audit_chains(
@@ -1380,10 +1499,26 @@ mod sql {
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'queued', 0, $11, $12)";
     pub(super) const SELECT_MESSAGE_STATUS: &str =
         "SELECT status FROM messages WHERE tenant_id = $1 AND id = $2";
-    pub(super) const SELECT_QUEUED: &str = "SELECT id, agent_did, connection_id, msg_id, \
+    /// Arrival order: queue ids are UUIDv7, ordered by creation within a host.
+    pub(super) const SELECT_DELIVERABLE: &str = "SELECT id, agent_did, connection_id, msg_id, \
          msg_type, envelope, peer_did, obligations, policies_fired, attempts, created_at, \
          expires_at FROM messages WHERE tenant_id = $1 AND agent_did = $2 \
-         AND status = 'queued' ORDER BY created_at, id LIMIT $3";
+         AND status = 'queued' AND (expires_at IS NULL OR expires_at > $3) \
+         ORDER BY created_at, id LIMIT $4 OFFSET $5";
+    pub(super) const COUNT_DELIVERABLE: &str = "SELECT COUNT(*) FROM messages \
+         WHERE tenant_id = $1 AND agent_did = $2 AND status = 'queued' \
+         AND (expires_at IS NULL OR expires_at > $3)";
+    pub(super) const COUNT_ATTEMPT: &str = "UPDATE messages SET attempts = attempts + 1 \
+         WHERE tenant_id = $1 AND id = $2";
+    pub(super) const ACK_MESSAGE: &str = "UPDATE messages SET status = 'delivered' \
+         WHERE tenant_id = $1 AND agent_did = $2 AND id = $3 AND status = 'queued'";
+    pub(super) const EXPIRE_MESSAGES: &str = "UPDATE messages SET status = 'expired' \
+         WHERE status = 'queued' AND expires_at <= $1";
+    pub(super) const SELECT_AGENT_CONNECTIONS: &str = "SELECT connection_id, agent_did, \
+         peer_did, status, token_json, cedar_policies, obligations, expires_at \
+         FROM connections WHERE tenant_id = $1 AND agent_did = $2 ORDER BY connection_id";
+    pub(super) const SET_CONNECTION_STATUS: &str = "UPDATE connections SET status = $3 \
+         WHERE tenant_id = $1 AND connection_id = $2";
     pub(super) const QUEUE_DEPTH: &str = "SELECT COUNT(*) FROM messages WHERE status = 'queued'";
 
     pub(super) const INSERT_POLICY_VERSION: &str = "INSERT INTO policy_versions (tenant_id, \

@@ -11,7 +11,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::Postgres;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 
 use super::{StoreError, StoreResult, sql};
 
@@ -69,6 +69,43 @@ impl PostgresStore {
             .execute(&mut **tx)
             .await?;
         Ok(())
+    }
+}
+
+/// The channel of host-to-host events (see [`crate::delivery`]).
+const HOST_EVENTS_CHANNEL: &str = "arp_host_events";
+
+impl PostgresStore {
+    /// `NOTIFY` every host listening on this database.
+    async fn notify_hosts_impl(&self, event: &str) -> StoreResult<()> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(HOST_EVENTS_CHANNEL)
+            .bind(event)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn host_events_impl(&self) -> StoreResult<Option<HostEvents>> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(HOST_EVENTS_CHANNEL).await?;
+        Ok(Some(HostEvents { listener }))
+    }
+}
+
+/// Events from every host sharing the database (its own included), in the order
+/// Postgres delivers them.
+#[derive(Debug)]
+pub struct HostEvents {
+    listener: PgListener,
+}
+
+impl HostEvents {
+    /// The next event. After an error the listener reconnects on the next call, and
+    /// events sent meanwhile are lost: the caller must catch up from the tables.
+    pub async fn next(&mut self) -> StoreResult<String> {
+        let notification = self.listener.recv().await?;
+        Ok(notification.payload().to_owned())
     }
 }
 

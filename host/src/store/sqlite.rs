@@ -90,6 +90,17 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// Nothing to tell: one host owns a SQLite file.
+    async fn notify_hosts_impl(&self, _event: &str) -> StoreResult<()> {
+        Ok(())
+    }
+
+    async fn host_events_impl(&self) -> StoreResult<Option<super::postgres::HostEvents>> {
+        Ok(None)
+    }
+}
+
 super::store_impl!(SqliteStore, sqlx::Sqlite, "sqlite");
 
 fn database_path(location: &Path) -> PathBuf {
