@@ -473,3 +473,72 @@ async fn two_hosts_sharing_postgres_push_across_and_keep_one_session() {
     a.stop();
     b.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_client_prints_acks_and_reconnects_after_a_host_restart() {
+    let backend = Backend::sqlite();
+    let w = world(&backend).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let server = Server::spawn(&backend, &["--listen", &listen]);
+    let key_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(key_file.path(), hex::encode(w.samantha.to_bytes())).unwrap();
+    let mut client = std::process::Command::new(env!("CARGO_BIN_EXE_arp-host"))
+        .args([
+            "agent",
+            "connect",
+            "--url",
+            &server.url,
+            "--did",
+            SAMANTHA,
+            "--count",
+            "2",
+        ])
+        .arg("--key")
+        .arg(key_file.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = client.stdout.take().unwrap();
+    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let value: Value = serde_json::from_str(&line.unwrap()).unwrap();
+            if lines_tx.send(value).is_err() {
+                break;
+            }
+        }
+    });
+    let mut next_of_kind = async |kind: &str| loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if line["kind"] == kind {
+            return line;
+        }
+    };
+    next_of_kind("server_hello").await;
+    let first = send(&server, &w.peer, "client-1").await;
+    assert_eq!(next_of_kind("inbound_message").await["messageId"], first);
+    wait_for_status(&w, &first, "delivered").await;
+
+    // The host dies and comes back on the same address: the client reconnects.
+    server.kill9();
+    let server = Server::spawn(&backend, &["--listen", &listen]);
+    let second = send(&server, &w.peer, "client-2").await;
+    next_of_kind("server_hello").await;
+    assert_eq!(next_of_kind("inbound_message").await["messageId"], second);
+    assert!(
+        client.wait().unwrap().success(),
+        "exits after --count messages"
+    );
+    wait_for_status(&w, &second, "delivered").await;
+    server.stop();
+}

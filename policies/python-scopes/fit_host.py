@@ -17,11 +17,12 @@ Two limits of the host stop the component componentize-py 0.25.1 makes:
    `alias core export` of a stub at the merged instance. What runs is unchanged: the same
    trapping stubs, now 14 core instances in all.
 
-2. Size. The component is about 18.4 MB; the host accepts 16 MiB. wasm-opt
-   `--memory-packing` on the module holding the memory snapshot (it defines the memory, so
-   the memory starts zeroed, and no other module has data segments) drops the zero runs of
-   its data, and `-Oz` on libpython shrinks its code; both keep imports, exports and
-   `dylink.0`. That gives about 16.3 MB.
+2. Size. The component is about 18.4 MB; the host accepts 16 MiB. The data segments of
+   the module holding the memory snapshot (it defines the memory, so the memory starts
+   zeroed, and no other module has data segments) lose their zero runs (done here, not with
+   wasm-opt's --memory-packing, which makes exactly 100,000 segments, one more than
+   wasmtime accepts), and wasm-opt `-Oz` shrinks libpython's code, keeping its imports,
+   exports and `dylink.0`. That gives about 16.3 MB.
 
 A component has no offsets besides section sizes, so sections are re-encoded in place; every
 other byte stays as componentize-py wrote it. The script refuses (exits non-zero) whenever
@@ -322,8 +323,10 @@ def module_role(module: bytes) -> str:
         has_data |= section_id == 11
     if has_memory and has_data:
         return "snapshot"
+    # libpython is the one side module (dylink.0) that defines Py_Initialize; the others
+    # (componentize-py's runtime, ...) only import it. Checked by `shrink` to be the largest.
     if b"dylink.0" in module[:64] and b"Py_Initialize" in module:
-        return "libpython"
+        return "libpython?"
     return "other"
 
 
@@ -339,13 +342,94 @@ def wasm_opt(command, module: bytes, args) -> bytes:
             return f.read()
 
 
+def pack_data(module: bytes, max_segments: int = 50_000) -> bytes:
+    """Splits the zero runs out of the module's active data segments (the memory is defined
+    here and starts zeroed; segments must not overlap). Uses the shortest zero run worth
+    splitting at that keeps the segment count under `max_segments` (wasmtime refuses
+    100,000 or more, which is what wasm-opt's --memory-packing produced)."""
+    parts = sections(module, "module")
+    segments = []
+    for section_id, payload in parts:
+        if section_id != 11:
+            continue
+        count, i = leb(payload, 0)
+        for _ in range(count):
+            if payload[i] != 0x00 or payload[i + 1] != 0x41:
+                raise Shape("a data segment that is not active at an i32.const offset")
+            offset, i = leb(payload, i + 2)
+            if payload[i] != 0x0B:
+                raise Shape("a data segment offset that is not a lone i32.const")
+            length, i = leb(payload, i + 1)
+            segments.append((offset, payload[i : i + length]))
+            i += length
+    segments.sort()
+    for (a, data), (b, _) in zip(segments, segments[1:]):
+        if a + len(data) > b:
+            raise Shape("overlapping data segments")
+
+    def split(min_run):
+        out = []
+        for offset, data in segments:
+            start, i, n = None, 0, len(data)
+            while i < n:
+                if data[i]:
+                    if start is None:
+                        start = i
+                    i += 1
+                    continue
+                j = i
+                while j < n and not data[j]:
+                    j += 1
+                if start is not None and (j - i >= min_run or j == n):
+                    out.append((offset + start, data[start:i]))
+                    start = None
+                i = j
+            if start is not None:
+                out.append((offset + start, data[start:]))
+        return out
+
+    for min_run in (8, 12, 16, 24, 32, 64, 1 << 30):
+        packed = split(min_run)
+        if len(packed) < max_segments:
+            break
+    body = bytearray(enc_leb(len(packed)))
+    for offset, data in packed:
+        off = bytearray()  # signed LEB128 for i32.const
+        value = offset
+        while True:
+            byte = value & 0x7F
+            value >>= 7
+            if (value == 0 and not byte & 0x40) or (value == -1 and byte & 0x40):
+                off.append(byte)
+                break
+            off.append(byte | 0x80)
+        body += b"\x00\x41" + off + b"\x0b" + enc_leb(len(data)) + data
+    out = bytearray(module[:8])
+    for section_id, payload in parts:
+        if section_id == 0 and read_name(payload, 0)[0] == b"name":
+            continue  # debug names only
+        if section_id == 11:
+            payload = bytes(body)
+        elif section_id == 12:
+            payload = enc_leb(len(packed))
+        out += bytes([section_id]) + enc_leb(len(payload)) + payload
+    return bytes(out)
+
+
 def shrink(component_sections, command):
     out, done = [], []
+    side_modules = [
+        len(payload)
+        for section_id, payload in component_sections
+        if section_id == CORE_MODULE and module_role(payload) == "libpython?"
+    ]
     for section_id, payload in component_sections:
         if section_id == CORE_MODULE:
             role = module_role(payload)
+            if role == "libpython?":
+                role = "libpython" if len(payload) == max(side_modules) else "other"
             if role == "snapshot" and role not in done:
-                payload = wasm_opt(command, payload, ["--memory-packing"])
+                payload = pack_data(payload)
                 done.append(role)
             elif role == "libpython" and role not in done:
                 payload = wasm_opt(command, payload, ["-Oz"])

@@ -65,11 +65,16 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `arp-host serve` on a free port with this store and extra flags, and waits
-    /// until it listens.
+    /// Starts `arp-host serve` on a free port (unless `extra` has `--listen`) with this
+    /// store and extra flags, and waits until it listens.
     pub fn spawn(backend: &Backend, extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_arp-host"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "text"])
+            .args(["serve", "--log-format", "text"])
+            .args(if extra.contains(&"--listen") {
+                &[][..]
+            } else {
+                &["--listen", "127.0.0.1:0"][..]
+            })
             .arg("--data-dir")
             .arg(backend.data_dir())
             .arg("--database-url")
