@@ -5,6 +5,7 @@
 //! command of the `arp-host` binary; [`runner`] is the local policy runner; [`http`] is
 //! the server's routes; [`store`] is the persistence layer (SQLite or Postgres).
 
+pub mod admin_client;
 pub mod audit;
 pub mod cli;
 pub mod connection;

@@ -2,8 +2,10 @@
 //!
 //! Routes: `POST /didcomm` ([`didcomm`]), the per-agent `/.well-known/*` documents
 //! ([`well_known`]), `GET /health` (the process is up), `GET /ready` (the store answers)
-//! and `GET /metrics` (Prometheus text). Errors are [`error::ApiError`] JSON bodies.
+//! and `GET /metrics` (Prometheus text), and the tenant administration API under
+//! `/admin/v1` ([`admin`]). Errors are [`error::ApiError`] JSON bodies.
 
+pub mod admin;
 pub mod didcomm;
 pub mod error;
 pub mod well_known;
@@ -42,11 +44,14 @@ pub struct AppState {
     pub default_policy_digest: String,
     /// Largest accepted request body, in bytes (413 above).
     pub body_limit: usize,
+    /// The admin API's settings (operator token, policy registry, limits).
+    pub admin: Arc<admin::AdminConfig>,
 }
 
 /// The router of the whole server.
 pub fn app(state: AppState) -> Router {
     let body_limit = state.body_limit;
+    let admin = admin::router(&state);
     Router::new()
         .route("/didcomm", post(didcomm::post))
         .route(
@@ -69,6 +74,8 @@ pub fn app(state: AppState) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(metrics_text))
         .layer(DefaultBodyLimit::max(body_limit))
+        // After the layer above: the admin routes have their own body limit.
+        .merge(admin)
         .with_state(state)
 }
 

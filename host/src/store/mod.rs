@@ -28,7 +28,7 @@ use serde_json::Value;
 use sqlx::types::Json;
 
 use crate::audit::{AuditDecision, AuditEntry, AuditError, NewAuditEntry};
-use crate::pdp::Obligation;
+use crate::pdp::{Obligation, TenantLimits};
 
 /// What a store operation returns.
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -381,6 +381,33 @@ pub struct Revocation {
     pub created_at_ms: i64,
 }
 
+// ---- Tenant administration (issue #5, the admin API): domain types ----
+
+/// A tenant API key as listed (the key itself is shown once at creation and only its
+/// SHA-256 is stored).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiKey {
+    /// Its id (`key_...`), for listing and revoking.
+    pub id: String,
+    /// What the operator called it.
+    pub label: Option<String>,
+    /// When it was created.
+    pub created_at_ms: i64,
+    /// When it was revoked, if it was.
+    pub revoked_at_ms: Option<i64>,
+}
+
+/// A stored policy version (immutable: a digest names one component).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyVersion {
+    /// `sha256:<hex>` of the component.
+    pub digest: String,
+    /// Size of the component in bytes.
+    pub size_bytes: u64,
+    /// When it was first uploaded.
+    pub created_at_ms: i64,
+}
+
 /// The store. Every tenant-owned operation takes a [`TenantScope`] and touches only that
 /// tenant's rows.
 #[async_trait]
@@ -490,6 +517,52 @@ pub trait Store: std::fmt::Debug + Send + Sync {
     async fn active_policy_digest(&self, scope: &TenantScope) -> StoreResult<Option<String>>;
     /// A stored policy version's component bytes (`NotFound` otherwise).
     async fn policy_bytes(&self, scope: &TenantScope, digest: &str) -> StoreResult<Vec<u8>>;
+
+    // ---- Tenant administration (issue #5, the admin API) ----
+
+    /// Every tenant, by id.
+    async fn tenants(&self) -> StoreResult<Vec<Tenant>>;
+    /// Changes the tenant's plan.
+    async fn set_plan(&self, scope: &TenantScope, plan: Plan) -> StoreResult<()>;
+    /// The tenant's own policy limits (`None` members: the host default).
+    async fn tenant_limits(&self, scope: &TenantScope) -> StoreResult<TenantLimits>;
+    /// Replaces the tenant's own policy limits.
+    async fn set_tenant_limits(&self, scope: &TenantScope, limits: &TenantLimits)
+    -> StoreResult<()>;
+    /// Stores a new API key of the tenant by the SHA-256 (hex) of its text.
+    async fn create_api_key(
+        &self,
+        scope: &TenantScope,
+        key_id: &str,
+        key_sha256: &str,
+        label: Option<&str>,
+    ) -> StoreResult<()>;
+    /// The tenant's API keys, oldest first.
+    async fn api_keys(&self, scope: &TenantScope) -> StoreResult<Vec<ApiKey>>;
+    /// Revokes one of the tenant's keys (idempotent; `NotFound` when it has no such key).
+    async fn revoke_api_key(&self, scope: &TenantScope, key_id: &str) -> StoreResult<()>;
+    /// The tenant of an unrevoked API key, by the SHA-256 (hex) of its text (`NotFound`
+    /// otherwise): how a tenant's request is authenticated.
+    async fn tenant_by_api_key(&self, key_sha256: &str) -> StoreResult<TenantScope>;
+    /// The tenant's agents, by DID.
+    async fn agents(&self, scope: &TenantScope) -> StoreResult<Vec<Agent>>;
+    /// The tenant's connections, by id.
+    async fn connections(&self, scope: &TenantScope) -> StoreResult<Vec<Connection>>;
+    /// The tenant's stored policy versions, oldest first.
+    async fn policy_versions(&self, scope: &TenantScope) -> StoreResult<Vec<PolicyVersion>>;
+    /// An owner action on a connection, in one transaction: the status changes from one
+    /// of `from` to `to` (`Conflict` when it is in none of them, `NotFound` when there is
+    /// no such connection), `entry` is appended to the chain of (connection's agent,
+    /// connection), and a move to `Revoked` also lists the connection on the agent's
+    /// revocations. Returns the connection as it was and the entry appended.
+    async fn transition_connection(
+        &self,
+        scope: &TenantScope,
+        connection_id: &str,
+        from: &[ConnectionStatus],
+        to: ConnectionStatus,
+        entry: NewAuditEntry,
+    ) -> StoreResult<(Connection, AuditEntry)>;
 
     /// Records one verified inbound envelope in one transaction: the replay guard insert,
     /// (if allowed) the atomic quota check-and-count, the audit append (serialized per
@@ -729,6 +802,71 @@ impl From<RevocationRow> for Revocation {
     }
 }
 
+#[derive(sqlx::FromRow)]
+struct TenantLimitsRow {
+    limit_fuel: Option<i64>,
+    limit_deadline_ms: Option<i64>,
+    limit_memory_bytes: Option<i64>,
+    limit_concurrency: Option<i64>,
+}
+
+impl TryFrom<TenantLimitsRow> for TenantLimits {
+    type Error = StoreError;
+
+    fn try_from(row: TenantLimitsRow) -> StoreResult<Self> {
+        let read = |value: Option<i64>, what: &str| value.map(|v| to_u64(v, what)).transpose();
+        Ok(Self {
+            fuel: read(row.limit_fuel, "limit_fuel")?,
+            deadline_ms: read(row.limit_deadline_ms, "limit_deadline_ms")?,
+            memory_bytes: read(row.limit_memory_bytes, "limit_memory_bytes")?,
+            concurrency: read(row.limit_concurrency, "limit_concurrency")?
+                .map(|v| {
+                    u32::try_from(v)
+                        .map_err(|_| StoreError::Corrupt(format!("limit_concurrency {v}")))
+                })
+                .transpose()?,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct ApiKeyRow {
+    id: String,
+    label: Option<String>,
+    created_at: i64,
+    revoked_at: Option<i64>,
+}
+
+impl From<ApiKeyRow> for ApiKey {
+    fn from(row: ApiKeyRow) -> Self {
+        Self {
+            id: row.id,
+            label: row.label,
+            created_at_ms: row.created_at,
+            revoked_at_ms: row.revoked_at,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct PolicyVersionRow {
+    digest: String,
+    size_bytes: i64,
+    created_at: i64,
+}
+
+impl TryFrom<PolicyVersionRow> for PolicyVersion {
+    type Error = StoreError;
+
+    fn try_from(row: PolicyVersionRow) -> StoreResult<Self> {
+        Ok(Self {
+            size_bytes: to_u64(row.size_bytes, "policy size")?,
+            digest: row.digest,
+            created_at_ms: row.created_at,
+        })
+    }
+}
+
 /// The audit fields of a message the policy allowed but the plan quota refuses: a deny
 /// with reason `quota_exceeded:<plan>:<used>/<cap>`, no obligations, the fired policies
 /// kept (ARP-PROTOCOL §2).
@@ -766,6 +904,13 @@ macro_rules! store_impl {
                 InboundOutcome, InboundRecord, NewMessage, Plan, QueuedMessage, QueuedMessageRow,
                 Revocation, RevocationRow, Store, StoreError, StoreResult, Tenant, TenantRow,
                 TenantScope, chain_key, now_ms, quota_exceeded_fields, sql, to_i64, to_u64,
+            };
+            // Tenant administration (issue #5).
+            use $crate::connection::REVOKED_CONNECTION;
+            use $crate::pdp::TenantLimits;
+            use $crate::store::{
+                ApiKey, ApiKeyRow, ConnectionStatus, PolicyVersion, PolicyVersionRow,
+                TenantLimitsRow,
             };
 
             /// The single-statement steps that both a transaction and the pool run.
@@ -1188,6 +1333,213 @@ macro_rules! store_impl {
                     bytes.ok_or_else(|| StoreError::NotFound(format!("policy version {digest}")))
                 }
 
+                // ---- Tenant administration (issue #5, the admin API) ----
+
+                async fn tenants(&self) -> StoreResult<Vec<Tenant>> {
+                    let rows: Vec<TenantRow> = sqlx::query_as(sql::SELECT_TENANTS)
+                        .fetch_all(&self.pool)
+                        .await?;
+                    let mut tenants = rows
+                        .into_iter()
+                        .map(Tenant::try_from)
+                        .collect::<StoreResult<Vec<_>>>()?;
+                    tenants.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+                    Ok(tenants)
+                }
+
+                async fn set_plan(&self, scope: &TenantScope, plan: Plan) -> StoreResult<()> {
+                    sqlx::query(sql::UPDATE_PLAN)
+                        .bind(scope.tenant_id())
+                        .bind(plan.as_str())
+                        .execute(&self.pool)
+                        .await?;
+                    Ok(())
+                }
+
+                async fn tenant_limits(&self, scope: &TenantScope) -> StoreResult<TenantLimits> {
+                    let row: Option<TenantLimitsRow> =
+                        sqlx::query_as(sql::SELECT_TENANT_LIMITS)
+                            .bind(scope.tenant_id())
+                            .fetch_optional(&self.pool)
+                            .await?;
+                    row.ok_or_else(|| {
+                        StoreError::NotFound(format!("tenant {}", scope.tenant_id()))
+                    })?
+                    .try_into()
+                }
+
+                async fn set_tenant_limits(
+                    &self,
+                    scope: &TenantScope,
+                    limits: &TenantLimits,
+                ) -> StoreResult<()> {
+                    let write = |value: Option<u64>, what: &str| {
+                        value.map(|v| to_i64(v, what)).transpose()
+                    };
+                    sqlx::query(sql::UPDATE_TENANT_LIMITS)
+                        .bind(scope.tenant_id())
+                        .bind(write(limits.fuel, "fuel")?)
+                        .bind(write(limits.deadline_ms, "deadline_ms")?)
+                        .bind(write(limits.memory_bytes, "memory_bytes")?)
+                        .bind(limits.concurrency.map(i64::from))
+                        .execute(&self.pool)
+                        .await?;
+                    Ok(())
+                }
+
+                async fn create_api_key(
+                    &self,
+                    scope: &TenantScope,
+                    key_id: &str,
+                    key_sha256: &str,
+                    label: Option<&str>,
+                ) -> StoreResult<()> {
+                    sqlx::query(sql::INSERT_API_KEY)
+                        .bind(scope.tenant_id())
+                        .bind(key_id)
+                        .bind(key_sha256)
+                        .bind(label)
+                        .bind(now_ms())
+                        .execute(&self.pool)
+                        .await?;
+                    Ok(())
+                }
+
+                async fn api_keys(&self, scope: &TenantScope) -> StoreResult<Vec<ApiKey>> {
+                    let rows: Vec<ApiKeyRow> = sqlx::query_as(sql::SELECT_API_KEYS)
+                        .bind(scope.tenant_id())
+                        .fetch_all(&self.pool)
+                        .await?;
+                    Ok(rows.into_iter().map(ApiKey::from).collect())
+                }
+
+                async fn revoke_api_key(
+                    &self,
+                    scope: &TenantScope,
+                    key_id: &str,
+                ) -> StoreResult<()> {
+                    let done = sqlx::query(sql::REVOKE_API_KEY)
+                        .bind(scope.tenant_id())
+                        .bind(key_id)
+                        .bind(now_ms())
+                        .execute(&self.pool)
+                        .await?;
+                    if done.rows_affected() == 0 {
+                        return Err(StoreError::NotFound(format!("api key {key_id}")));
+                    }
+                    Ok(())
+                }
+
+                async fn tenant_by_api_key(&self, key_sha256: &str) -> StoreResult<TenantScope> {
+                    let tenant: Option<String> = sqlx::query_scalar(sql::SELECT_TENANT_BY_KEY)
+                        .bind(key_sha256)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                    tenant
+                        .map(TenantScope::looked_up)
+                        .ok_or_else(|| StoreError::NotFound("api key".into()))
+                }
+
+                async fn agents(&self, scope: &TenantScope) -> StoreResult<Vec<Agent>> {
+                    let rows: Vec<AgentRow> = sqlx::query_as(sql::SELECT_AGENTS)
+                        .bind(scope.tenant_id())
+                        .fetch_all(&self.pool)
+                        .await?;
+                    let mut agents: Vec<Agent> =
+                        rows.into_iter().map(|row| row.into_scoped().1).collect();
+                    agents.sort_unstable_by(|a, b| a.did.cmp(&b.did));
+                    Ok(agents)
+                }
+
+                async fn connections(&self, scope: &TenantScope) -> StoreResult<Vec<Connection>> {
+                    let rows: Vec<ConnectionRow> = sqlx::query_as(sql::SELECT_CONNECTIONS)
+                        .bind(scope.tenant_id())
+                        .fetch_all(&self.pool)
+                        .await?;
+                    let mut connections = rows
+                        .into_iter()
+                        .map(Connection::try_from)
+                        .collect::<StoreResult<Vec<_>>>()?;
+                    connections.sort_unstable_by(|a, b| a.connection_id.cmp(&b.connection_id));
+                    Ok(connections)
+                }
+
+                async fn policy_versions(
+                    &self,
+                    scope: &TenantScope,
+                ) -> StoreResult<Vec<PolicyVersion>> {
+                    let rows: Vec<PolicyVersionRow> = sqlx::query_as(sql::SELECT_POLICY_VERSIONS)
+                        .bind(scope.tenant_id())
+                        .fetch_all(&self.pool)
+                        .await?;
+                    rows.into_iter().map(PolicyVersion::try_from).collect()
+                }
+
+                async fn transition_connection(
+                    &self,
+                    scope: &TenantScope,
+                    connection_id: &str,
+                    from: &[ConnectionStatus],
+                    to: ConnectionStatus,
+                    entry: NewAuditEntry,
+                ) -> StoreResult<(Connection, AuditEntry)> {
+                    let mut tx = self.begin_write().await?;
+                    let row: Option<ConnectionRow> = sqlx::query_as(sql::SELECT_CONNECTION)
+                        .bind(scope.tenant_id())
+                        .bind(connection_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    let connection = Connection::try_from(row.ok_or_else(|| {
+                        StoreError::NotFound(format!("connection {connection_id}"))
+                    })?)?;
+                    if !from.contains(&connection.status) {
+                        return Err(StoreError::Conflict(format!(
+                            "connection {connection_id} is {}",
+                            connection.status.as_str()
+                        )));
+                    }
+                    // Only from the status just read: a concurrent change makes this a
+                    // conflict instead of a lost update.
+                    let done = sqlx::query(sql::UPDATE_CONNECTION_STATUS)
+                        .bind(scope.tenant_id())
+                        .bind(connection_id)
+                        .bind(to.as_str())
+                        .bind(connection.status.as_str())
+                        .execute(&mut *tx)
+                        .await?;
+                    if done.rows_affected() != 1 {
+                        return Err(StoreError::Conflict(format!(
+                            "connection {connection_id} changed meanwhile"
+                        )));
+                    }
+                    if to == ConnectionStatus::Revoked {
+                        sqlx::query(sql::INSERT_REVOCATION)
+                            .bind(scope.tenant_id())
+                            .bind(&connection.agent_did)
+                            .bind(REVOKED_CONNECTION)
+                            .bind(connection_id)
+                            .bind(now_ms())
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    let agent_did = connection.agent_did.clone();
+                    Self::lock_chain(&mut tx, &chain_key(scope, &agent_did, connection_id))
+                        .await?;
+                    let head = Self::chain_head(&mut *tx, scope, &agent_did, connection_id).await?;
+                    let next = AuditEntry::next(head.as_ref(), entry)?;
+                    Self::insert_audit(
+                        &mut *tx,
+                        scope,
+                        &agent_did,
+                        connection_id,
+                        &next,
+                        &AuditExtra::default(),
+                    )
+                    .await?;
+                    tx.commit().await?;
+                    Ok((connection, next))
+                }
+
                 async fn record_inbound(
                     &self,
                     scope: &TenantScope,
@@ -1396,6 +1748,34 @@ mod sql {
         "SELECT digest FROM active_policy WHERE tenant_id = $1";
     pub(super) const SELECT_POLICY_BYTES: &str =
         "SELECT bytes FROM policy_versions WHERE tenant_id = $1 AND digest = $2";
+
+    // ---- Tenant administration (issue #5, the admin API) ----
+
+    pub(super) const SELECT_TENANTS: &str = "SELECT id, plan, created_at FROM tenants";
+    pub(super) const UPDATE_PLAN: &str = "UPDATE tenants SET plan = $2 WHERE id = $1";
+    pub(super) const SELECT_TENANT_LIMITS: &str = "SELECT limit_fuel, limit_deadline_ms, \
+         limit_memory_bytes, limit_concurrency FROM tenants WHERE id = $1";
+    pub(super) const UPDATE_TENANT_LIMITS: &str = "UPDATE tenants SET limit_fuel = $2, \
+         limit_deadline_ms = $3, limit_memory_bytes = $4, limit_concurrency = $5 WHERE id = $1";
+    pub(super) const INSERT_API_KEY: &str = "INSERT INTO api_keys (tenant_id, id, key_sha256, \
+         label, created_at) VALUES ($1, $2, $3, $4, $5)";
+    pub(super) const SELECT_API_KEYS: &str = "SELECT id, label, created_at, revoked_at \
+         FROM api_keys WHERE tenant_id = $1 ORDER BY created_at, id";
+    pub(super) const REVOKE_API_KEY: &str = "UPDATE api_keys \
+         SET revoked_at = COALESCE(revoked_at, $3) WHERE tenant_id = $1 AND id = $2";
+    pub(super) const SELECT_TENANT_BY_KEY: &str =
+        "SELECT tenant_id FROM api_keys WHERE key_sha256 = $1 AND revoked_at IS NULL";
+    pub(super) const SELECT_AGENTS: &str = "SELECT tenant_id, did, public_key_multibase, \
+         did_document, agent_card, arp_json FROM agents WHERE tenant_id = $1";
+    pub(super) const SELECT_CONNECTIONS: &str = "SELECT connection_id, agent_did, peer_did, \
+         status, token_json, cedar_policies, obligations, expires_at FROM connections \
+         WHERE tenant_id = $1";
+    /// `length` of a blob / bytea is its size in bytes on both backends.
+    pub(super) const SELECT_POLICY_VERSIONS: &str = "SELECT digest, \
+         CAST(length(bytes) AS BIGINT) AS size_bytes, created_at FROM policy_versions \
+         WHERE tenant_id = $1 ORDER BY created_at, digest";
+    pub(super) const UPDATE_CONNECTION_STATUS: &str = "UPDATE connections SET status = $3 \
+         WHERE tenant_id = $1 AND connection_id = $2 AND status = $4";
 
     pub(super) const PING: &str = "SELECT 1";
 }
