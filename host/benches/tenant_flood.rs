@@ -41,7 +41,9 @@ fn main() -> anyhow::Result<()> {
         })
         .collect();
     let pdp = Arc::new(Pdp::new(engine, None));
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
 
     runtime.block_on(async {
         let alone = measure_b(&pdp, &scopes, &requests).await;
@@ -52,7 +54,11 @@ fn main() -> anyhow::Result<()> {
         let mut flood = Vec::new();
         for i in 0..FLOODERS {
             let (pdp, stop, flooded) = (pdp.clone(), stop.clone(), flooded.clone());
-            let policy = if i % 2 == 0 { spin.clone() } else { memory.clone() };
+            let policy = if i % 2 == 0 {
+                spin.clone()
+            } else {
+                memory.clone()
+            };
             let request = PolicyRequest {
                 tenant: "tenant-a".into(),
                 ..requests[0].clone()

@@ -300,9 +300,11 @@ fn admin_call(command: AdminCommand) -> Result<Call, CliError> {
             ),
             TenantVerb::List => Call::get("/admin/v1/tenants".into()),
             TenantVerb::Show { id } => Call::get(tenant_path(&id, "")),
-            TenantVerb::Plan { id, plan } => {
-                Call::json(Method::PUT, tenant_path(&id, "/plan"), json!({"plan": plan}))
-            }
+            TenantVerb::Plan { id, plan } => Call::json(
+                Method::PUT,
+                tenant_path(&id, "/plan"),
+                json!({"plan": plan}),
+            ),
             TenantVerb::Limits {
                 id,
                 fuel,
@@ -362,7 +364,10 @@ fn admin_call(command: AdminCommand) -> Result<Call, CliError> {
         AdminCommand::AuditVerify { tenant } => Call::get(tenant_path(&tenant, "/audit/verify")),
         AdminCommand::Usage { tenant, period } => Call::get(tenant_path(
             &tenant,
-            &period.map_or_else(|| "/usage".to_owned(), |p| format!("/usage?period={}", segment(&p))),
+            &period.map_or_else(
+                || "/usage".to_owned(),
+                |p| format!("/usage?period={}", segment(&p)),
+            ),
         )),
     })
 }
@@ -437,9 +442,7 @@ fn send(remote: &Remote, call: Call) -> Result<ExitCode, CliError> {
         })?;
     let (status, text) = runtime.block_on(async {
         let client = reqwest::Client::new();
-        let mut request = client
-            .request(call.method, &url)
-            .bearer_auth(&remote.key);
+        let mut request = client.request(call.method, &url).bearer_auth(&remote.key);
         if let Some((body, content_type)) = call.body {
             request = request
                 .header(reqwest::header::CONTENT_TYPE, content_type)
@@ -479,6 +482,9 @@ mod tests {
     fn paths_keep_dids_readable_and_escape_the_rest() {
         assert_eq!(segment("did:web:a.agent"), "did:web:a.agent");
         assert_eq!(segment("a/b c"), "a%2Fb%20c");
-        assert_eq!(tenant_path("acme", "/agents"), "/admin/v1/tenants/acme/agents");
+        assert_eq!(
+            tenant_path("acme", "/agents"),
+            "/admin/v1/tenants/acme/agents"
+        );
     }
 }

@@ -736,7 +736,11 @@ fn run_remote_policy(command: PolicyCommand) -> Result<ExitCode, CliError> {
         }
         PolicyCommand::Activate(args) => {
             let digest = args.target.ok_or_else(|| missing("digest"))?;
-            run(&args.remote, &args.tenant, RemotePolicyVerb::Activate { digest })
+            run(
+                &args.remote,
+                &args.tenant,
+                RemotePolicyVerb::Activate { digest },
+            )
         }
         PolicyCommand::List(args) => run(&args.remote, &args.tenant, RemotePolicyVerb::List),
         _ => Err(CliError::Invalid("not a remote policy command".into())),

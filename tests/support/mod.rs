@@ -161,8 +161,7 @@ impl Peer {
     /// A `did:key` peer with this seed (resolves without any network).
     pub fn did_key(seed: [u8; 32]) -> Self {
         let key = SigningKey::from_bytes(&seed);
-        let multibase =
-            arp_host::did::encode_public_key_multibase(key.verifying_key().as_bytes());
+        let multibase = arp_host::did::encode_public_key_multibase(key.verifying_key().as_bytes());
         Self {
             did: format!("did:key:{multibase}"),
             key,

@@ -155,7 +155,12 @@ mod tests {
             concurrency: Some(0),
             ..TenantLimits::default()
         };
-        assert!(maxima.check(&zero).unwrap_err().starts_with("concurrency 0"));
+        assert!(
+            maxima
+                .check(&zero)
+                .unwrap_err()
+                .starts_with("concurrency 0")
+        );
         let big = TenantLimits {
             deadline_ms: Some(maxima.deadline_ms + 1),
             ..TenantLimits::default()

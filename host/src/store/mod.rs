@@ -527,8 +527,11 @@ pub trait Store: std::fmt::Debug + Send + Sync {
     /// The tenant's own policy limits (`None` members: the host default).
     async fn tenant_limits(&self, scope: &TenantScope) -> StoreResult<TenantLimits>;
     /// Replaces the tenant's own policy limits.
-    async fn set_tenant_limits(&self, scope: &TenantScope, limits: &TenantLimits)
-    -> StoreResult<()>;
+    async fn set_tenant_limits(
+        &self,
+        scope: &TenantScope,
+        limits: &TenantLimits,
+    ) -> StoreResult<()>;
     /// Stores a new API key of the tenant by the SHA-256 (hex) of its text.
     async fn create_api_key(
         &self,
@@ -1357,11 +1360,10 @@ macro_rules! store_impl {
                 }
 
                 async fn tenant_limits(&self, scope: &TenantScope) -> StoreResult<TenantLimits> {
-                    let row: Option<TenantLimitsRow> =
-                        sqlx::query_as(sql::SELECT_TENANT_LIMITS)
-                            .bind(scope.tenant_id())
-                            .fetch_optional(&self.pool)
-                            .await?;
+                    let row: Option<TenantLimitsRow> = sqlx::query_as(sql::SELECT_TENANT_LIMITS)
+                        .bind(scope.tenant_id())
+                        .fetch_optional(&self.pool)
+                        .await?;
                     row.ok_or_else(|| {
                         StoreError::NotFound(format!("tenant {}", scope.tenant_id()))
                     })?
@@ -1373,9 +1375,8 @@ macro_rules! store_impl {
                     scope: &TenantScope,
                     limits: &TenantLimits,
                 ) -> StoreResult<()> {
-                    let write = |value: Option<u64>, what: &str| {
-                        value.map(|v| to_i64(v, what)).transpose()
-                    };
+                    let write =
+                        |value: Option<u64>, what: &str| value.map(|v| to_i64(v, what)).transpose();
                     sqlx::query(sql::UPDATE_TENANT_LIMITS)
                         .bind(scope.tenant_id())
                         .bind(write(limits.fuel, "fuel")?)
@@ -1523,8 +1524,7 @@ macro_rules! store_impl {
                             .await?;
                     }
                     let agent_did = connection.agent_did.clone();
-                    Self::lock_chain(&mut tx, &chain_key(scope, &agent_did, connection_id))
-                        .await?;
+                    Self::lock_chain(&mut tx, &chain_key(scope, &agent_did, connection_id)).await?;
                     let head = Self::chain_head(&mut *tx, scope, &agent_did, connection_id).await?;
                     let next = AuditEntry::next(head.as_ref(), entry)?;
                     Self::insert_audit(

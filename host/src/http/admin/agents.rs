@@ -260,7 +260,11 @@ async fn owner_action(
     let (from, to) = transition(action);
     let entry = NewAuditEntry {
         timestamp: format_timestamp(now_ms()).map_err(|error| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "clock_error", error.to_string())
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "clock_error",
+                error.to_string(),
+            )
         })?,
         msg_id: format!("owner-{}", uuid::Uuid::new_v4()),
         decision: action,
@@ -318,5 +322,7 @@ pub fn announce_connection_change(
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
+        })
 }

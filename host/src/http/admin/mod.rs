@@ -24,8 +24,8 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::DefaultBodyLimit;
+use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
@@ -332,9 +332,11 @@ pub fn unknown_tenant() -> ApiError {
 /// `conflict`, an unreachable store 503, anything else 500.
 pub fn store_error(error: StoreError, not_found: &'static str, conflict: &'static str) -> ApiError {
     match error {
-        StoreError::NotFound(what) => {
-            ApiError::new(StatusCode::NOT_FOUND, not_found, format!("not found: {what}"))
-        }
+        StoreError::NotFound(what) => ApiError::new(
+            StatusCode::NOT_FOUND,
+            not_found,
+            format!("not found: {what}"),
+        ),
         StoreError::Conflict(what) => ApiError::new(StatusCode::CONFLICT, conflict, what),
         StoreError::Unavailable(error) => ApiError::store_unavailable(error.to_string()),
         other => ApiError::new(

@@ -85,10 +85,19 @@ fn operation(route: &RouteSpec) -> Value {
     if matches!(route.access, Access::Operator | Access::TenantOperator) {
         responses.insert("403".into(), with_description(&error, "operator_only"));
     }
-    responses.insert("404".into(), with_description(&error, "not found (or another tenant's)"));
+    responses.insert(
+        "404".into(),
+        with_description(&error, "not found (or another tenant's)"),
+    );
     if route.body == BodyKind::Component {
-        responses.insert("413".into(), with_description(&error, "component_too_large"));
-        responses.insert("422".into(), with_description(&error, "refused by admission or its test cases"));
+        responses.insert(
+            "413".into(),
+            with_description(&error, "component_too_large"),
+        );
+        responses.insert(
+            "422".into(),
+            with_description(&error, "refused by admission or its test cases"),
+        );
     }
     let mut operation = json!({
         "operationId": route.operation_id,
@@ -103,7 +112,8 @@ fn operation(route: &RouteSpec) -> Value {
     match route.body {
         BodyKind::None => {}
         BodyKind::Json => {
-            operation["requestBody"] = json!({"content": {"application/json": {"schema": {"type": "object"}}}});
+            operation["requestBody"] =
+                json!({"content": {"application/json": {"schema": {"type": "object"}}}});
         }
         BodyKind::Component => {
             operation["requestBody"] = json!({

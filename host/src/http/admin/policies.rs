@@ -17,8 +17,8 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{AdminResult, RawBody, body_bytes, json_body, reply, store_error, tenant_access};
 use super::tenants::tenant_limits;
+use super::{AdminResult, RawBody, body_bytes, json_body, reply, store_error, tenant_access};
 use crate::audit::format_timestamp;
 use crate::http::AppState;
 use crate::http::error::ApiError;
@@ -182,7 +182,10 @@ fn parse_cases(cases: &Value) -> Result<Vec<Case>, ApiError> {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_cases",
-            format!("{} cases, over the limit of {MAX_UPLOAD_CASES}", cases.len()),
+            format!(
+                "{} cases, over the limit of {MAX_UPLOAD_CASES}",
+                cases.len()
+            ),
         ));
     }
     Ok(cases)

@@ -9,8 +9,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::{
-    AdminResult, RawBody, json_body, operator_access, operator_tenant_access, reply,
-    store_error, tenant_access,
+    AdminResult, RawBody, json_body, operator_access, operator_tenant_access, reply, store_error,
+    tenant_access,
 };
 use crate::audit::format_timestamp;
 use crate::http::AppState;
@@ -75,7 +75,11 @@ fn effective_json(limits: &PolicyLimits, concurrency: Option<u32>) -> Value {
 }
 
 /// `POST /admin/v1/tenants`.
-pub async fn create(State(state): State<AppState>, headers: HeaderMap, body: RawBody) -> AdminResult {
+pub async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: RawBody,
+) -> AdminResult {
     operator_access(&state, &headers).await?;
     let new: NewTenant = json_body(body)?;
     if !valid_tenant_id(&new.id) {
@@ -96,7 +100,10 @@ pub async fn create(State(state): State<AppState>, headers: HeaderMap, body: Raw
         .tenant(&scope)
         .await
         .map_err(|error| store_error(error, "unknown_tenant", "conflict"))?;
-    Ok(reply(StatusCode::CREATED, json!({"tenant": tenant_json(&tenant)})))
+    Ok(reply(
+        StatusCode::CREATED,
+        json!({"tenant": tenant_json(&tenant)}),
+    ))
 }
 
 /// `GET /admin/v1/tenants`.
@@ -158,7 +165,10 @@ pub async fn set_plan(
 }
 
 /// The tenant's stored limits.
-pub async fn tenant_limits(state: &AppState, scope: &TenantScope) -> Result<TenantLimits, ApiError> {
+pub async fn tenant_limits(
+    state: &AppState,
+    scope: &TenantScope,
+) -> Result<TenantLimits, ApiError> {
     state
         .store
         .tenant_limits(scope)
@@ -323,7 +333,10 @@ pub async fn revoke_key(
         .revoke_api_key(&scope, &key_id)
         .await
         .map_err(|error| store_error(error, "unknown_key", "conflict"))?;
-    Ok(reply(StatusCode::OK, json!({"id": key_id, "revoked": true})))
+    Ok(reply(
+        StatusCode::OK,
+        json!({"id": key_id, "revoked": true}),
+    ))
 }
 
 /// `GET /admin/v1/tenants/{tenant}/usage` query.
