@@ -586,13 +586,21 @@ async fn set_usage(backend: &str, location: &str, tenant_id: &str, period: &str,
             let store = store::postgres::PostgresStore::open(location)
                 .await
                 .unwrap();
+            // Row-level security: the tenant's rows only with the tenant set.
+            let mut tx = store.pool().begin().await.unwrap();
+            sqlx::query("SELECT set_config('arp.tenant_id', $1, true)")
+                .bind(tenant_id)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
             sqlx::query(UPSERT)
                 .bind(tenant_id)
                 .bind(period)
                 .bind(inbound)
-                .execute(store.pool())
+                .execute(&mut *tx)
                 .await
                 .unwrap();
+            tx.commit().await.unwrap();
         }
         other => panic!("unknown backend {other}"),
     }

@@ -302,3 +302,76 @@ async fn concurrent_owner_actions_never_both_win(store: Arc<dyn Store>) {
     assert_eq!(decisions, [AuditDecision::Suspend, AuditDecision::Revoke]);
     assert!(audit::verify_chain(&chain).valid);
 }
+
+/// Postgres row-level security: the store's own connections (role `arp_app`) see a
+/// tenant's rows only with that tenant set, so a query that forgets its tenant scope
+/// returns nothing, and a write into another tenant is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_row_level_security_hides_rows_without_the_tenant() {
+    use arp_host::store::postgres::PostgresStore;
+    let database = TestDatabase::create().await;
+    let store = PostgresStore::open(&database.url).await.unwrap();
+    let a = store.create_tenant("a", Plan::Free).await.unwrap();
+    let b = store.create_tenant("b", Plan::Free).await.unwrap();
+    store
+        .create_agent(&a, &agent("did:web:a.agent"))
+        .await
+        .unwrap();
+    store
+        .create_agent(&b, &agent("did:web:b.agent"))
+        .await
+        .unwrap();
+    store
+        .put_policy_version(&a, "sha256:aa", &[1])
+        .await
+        .unwrap();
+
+    let count = |sql: &'static str, tenant: Option<&'static str>| {
+        let pool = store.pool().clone();
+        async move {
+            let mut tx = pool.begin().await.unwrap();
+            if let Some(tenant) = tenant {
+                sqlx::query("SELECT set_config('arp.tenant_id', $1, true)")
+                    .bind(tenant)
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+            }
+            let n: i64 = sqlx::query_scalar(sql).fetch_one(&mut *tx).await.unwrap();
+            n
+        }
+    };
+    // No tenant_id in the WHERE: only the transaction's tenant decides.
+    assert_eq!(count("SELECT COUNT(*) FROM agents", None).await, 0);
+    assert_eq!(count("SELECT COUNT(*) FROM agents", Some("a")).await, 1);
+    assert_eq!(
+        count("SELECT COUNT(*) FROM policy_versions", Some("b")).await,
+        0
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM policy_versions", Some("a")).await,
+        1
+    );
+    let role: String = sqlx::query_scalar("SELECT current_user::text")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(role, "arp_app");
+
+    // Writing another tenant's row from a tenant's transaction is refused.
+    let mut tx = store.pool().begin().await.unwrap();
+    sqlx::query("SELECT set_config('arp.tenant_id', 'a', true)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let refused =
+        sqlx::query("INSERT INTO usage (tenant_id, period, inbound) VALUES ('b', '2026-01', 1)")
+            .execute(&mut *tx)
+            .await;
+    assert!(refused.is_err());
+    drop(tx);
+
+    // Routing and key lookups still work (host-wide reads), and scoped reads see their own.
+    assert_eq!(store.agent_by_did("did:web:b.agent").await.unwrap().0, b);
+    assert_eq!(store.agents(&a).await.unwrap().len(), 1);
+}

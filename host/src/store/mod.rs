@@ -889,8 +889,15 @@ fn quota_exceeded_fields(fields: NewAuditEntry, plan: Plan, used: u64, cap: u64)
 /// path: it is named inside the generated module); the backend type supplies, besides its
 /// `pool` field, the two places where the backends differ:
 ///
-/// - `async fn begin_write(&self) -> StoreResult<sqlx::Transaction<'static, $db>>`: a
-///   transaction that will write (SQLite takes the database's write lock here);
+/// - `async fn begin_write(&self, scope: &TenantScope) -> StoreResult<sqlx::Transaction<'static,
+///   $db>>`: a transaction of the tenant that will write (SQLite takes the database's write
+///   lock here; Postgres sets the tenant for row-level security);
+/// - `async fn begin_scoped(&self, scope: &TenantScope)` (same type): a transaction of the
+///   tenant for one operation (Postgres: sets `arp.tenant_id`, which the row-level security
+///   policies compare with every row's `tenant_id`);
+/// - `async fn begin_host(&self)` (same type): a transaction of a host-wide read (routing by
+///   DID, authenticating a key by its hash, the queue-depth gauge; Postgres: sets
+///   `arp.scope = 'host'`, which the policies let read, never write);
 /// - `async fn lock_chain(tx: &mut sqlx::Transaction<'static, $db>, key: &str) ->
 ///   StoreResult<()>`: hold the lock of one audit chain until the transaction ends, before
 ///   its head is read (Postgres: an advisory lock; SQLite: already held).
@@ -1085,6 +1092,7 @@ macro_rules! store_impl {
                     scope: &TenantScope,
                     agent: &Agent,
                 ) -> StoreResult<()> {
+                    let mut tx = self.begin_scoped(scope).await?;
                     sqlx::query(sql::INSERT_AGENT)
                         .bind(scope.tenant_id())
                         .bind(&agent.did)
@@ -1093,26 +1101,31 @@ macro_rules! store_impl {
                         .bind(Json(&agent.agent_card))
                         .bind(Json(&agent.arp_json))
                         .bind(now_ms())
-                        .execute(&self.pool)
+                        .execute(&mut *tx)
                         .await?;
+                    tx.commit().await?;
                     Ok(())
                 }
 
                 async fn agent(&self, scope: &TenantScope, did: &str) -> StoreResult<Agent> {
+                    let mut tx = self.begin_scoped(scope).await?;
                     let row: Option<AgentRow> = sqlx::query_as(sql::SELECT_AGENT)
                         .bind(scope.tenant_id())
                         .bind(did)
-                        .fetch_optional(&self.pool)
+                        .fetch_optional(&mut *tx)
                         .await?;
+                    tx.commit().await?;
                     row.map(|row| row.into_scoped().1)
                         .ok_or_else(|| StoreError::NotFound(format!("agent {did}")))
                 }
 
                 async fn agent_by_did(&self, did: &str) -> StoreResult<(TenantScope, Agent)> {
+                    let mut tx = self.begin_host().await?;
                     let row: Option<AgentRow> = sqlx::query_as(sql::SELECT_AGENT_BY_DID)
                         .bind(did)
-                        .fetch_optional(&self.pool)
+                        .fetch_optional(&mut *tx)
                         .await?;
+                    tx.commit().await?;
                     row.map(AgentRow::into_scoped)
                         .ok_or_else(|| StoreError::NotFound(format!("agent {did}")))
                 }
@@ -1122,6 +1135,7 @@ macro_rules! store_impl {
                     scope: &TenantScope,
                     connection: &Connection,
                 ) -> StoreResult<()> {
+                    let mut tx = self.begin_scoped(scope).await?;
                     sqlx::query(sql::INSERT_CONNECTION)
                         .bind(scope.tenant_id())
                         .bind(&connection.connection_id)
@@ -1133,8 +1147,9 @@ macro_rules! store_impl {
                         .bind(Json(&connection.obligations))
                         .bind(connection.expires_at_ms)
                         .bind(now_ms())
-                        .execute(&self.pool)
+                        .execute(&mut *tx)
                         .await?;
+                    tx.commit().await?;
                     Ok(())
                 }
 
@@ -1143,11 +1158,13 @@ macro_rules! store_impl {
                     scope: &TenantScope,
                     connection_id: &str,
                 ) -> StoreResult<Connection> {
+                    let mut tx = self.begin_scoped(scope).await?;
                     let row: Option<ConnectionRow> = sqlx::query_as(sql::SELECT_CONNECTION)
                         .bind(scope.tenant_id())
                         .bind(connection_id)
-                        .fetch_optional(&self.pool)
+                        .fetch_optional(&mut *tx)
                         .await?;
+                    tx.commit().await?;
                     row.ok_or_else(|| StoreError::NotFound(format!("connection {connection_id}")))?
                         .try_into()
                 }
@@ -1158,12 +1175,14 @@ macro_rules! store_impl {
                     a: &str,
                     b: &str,
                 ) -> StoreResult<Vec<Connection>> {
+                    let mut tx = self.begin_scoped(scope).await?;
                     let rows: Vec<ConnectionRow> = sqlx::query_as(sql::SELECT_ACTIVE_BETWEEN)
                         .bind(scope.tenant_id())
                         .bind(a)
                         .bind(b)
-                        .fetch_all(&self.pool)
+                        .fetch_all(&mut *tx)
                         .await?;
+                    tx.commit().await?;
                     rows.into_iter().map(Connection::try_from).collect()
                 }
 
@@ -1174,14 +1193,16 @@ macro_rules! store_impl {
                     kind: &str,
                     id: &str,
                 ) -> StoreResult<()> {
+                    let mut tx = self.begin_scoped(scope).await?;
                     sqlx::query(sql::INSERT_REVOCATION)
                         .bind(scope.tenant_id())
                         .bind(agent_did)
                         .bind(kind)
                         .bind(id)
                         .bind(now_ms())
-                        .execute(&self.pool)
+                        .execute(&mut *tx)
                         .await?;
+                    tx.commit().await?;
                     Ok(())
                 }
 
@@ -1192,13 +1213,15 @@ macro_rules! store_impl {
                     kind: &str,
                     id: &str,
                 ) -> StoreResult<bool> {
+                    let mut tx = self.begin_scoped(scope).await?;
                     let found = sqlx::query(sql::SELECT_REVOCATION)
                         .bind(scope.tenant_id())
                         .bind(agent_did)
                         .bind(kind)
                         .bind(id)
-                        .fetch_optional(&self.pool)
+                        .fetch_optional(&mut *tx)
                         .await?;
+                    tx.commit().await?;
                     Ok(found.is_some())
                 }
 
@@ -1218,11 +1241,17 @@ macro_rules! store_impl {
                     period: &str,
                     cap: Option<u64>,
                 ) -> StoreResult<Option<u64>> {
-                    Self::count_usage(&self.pool, scope, period, cap).await
+                    let mut tx = self.begin_scoped(scope).await?;
+                    let counted = Self::count_usage(&mut *tx, scope, period, cap).await?;
+                    tx.commit().await?;
+                    Ok(counted)
                 }
 
                 async fn usage(&self, scope: &TenantScope, period: &str) -> StoreResult<u64> {
-                    Self::read_usage(&self.pool, scope, period).await
+                    let mut tx = self.begin_scoped(scope).await?;
+                    let used = Self::read_usage(&mut *tx, scope, period).await?;
+                    tx.commit().await?;
+                    Ok(used)
                 }
 
                 async fn append_audit(
@@ -1235,7 +1264,7 @@ macro_rules! store_impl {
                 ) -> StoreResult<AuditEntry> {
                     // The chain's lock first, then the head: no other writer can append in
                     // between. Released at commit or rollback.
-                    let mut tx = self.begin_write().await?;
+                    let mut tx = self.begin_write(scope).await?;
                     Self::lock_chain(&mut tx, &chain_key(scope, agent_did, connection_id)).await?;
                     let head = Self::chain_head(&mut *tx, scope, agent_did, connection_id).await?;
                     let next = AuditEntry::next(head.as_ref(), entry)?;
@@ -1251,12 +1280,14 @@ macro_rules! store_impl {
                     agent_did: &str,
                     connection_id: &str,
                 ) -> StoreResult<Vec<AuditEntry>> {
+                    let mut tx = self.begin_scoped(scope).await?;
                     let rows: Vec<AuditRow> = sqlx::query_as(sql::SELECT_CHAIN)
                         .bind(scope.tenant_id())
                         .bind(agent_did)
                         .bind(connection_id)
-                        .fetch_all(&self.pool)
+                        .fetch_all(&mut *tx)
                         .await?;
+                    tx.commit().await?;
                     rows.into_iter().map(AuditEntry::try_from).collect()
                 }
 
@@ -1265,7 +1296,10 @@ macro_rules! store_impl {
                     scope: &TenantScope,
                     message: &NewMessage,
                 ) -> StoreResult<()> {
-                    Self::insert_message(&self.pool, scope, message).await
+                    let mut tx = self.begin_scoped(scope).await?;
+                    Self::insert_message(&mut *tx, scope, message).await?;
+                    tx.commit().await?;
+                    Ok(())
                 }
 
                 async fn message_status(
@@ -1273,11 +1307,13 @@ macro_rules! store_impl {
                     scope: &TenantScope,
                     id: &str,
                 ) -> StoreResult<String> {
+                    let mut tx = self.begin_scoped(scope).await?;
                     let status: Option<String> = sqlx::query_scalar(sql::SELECT_MESSAGE_STATUS)
                         .bind(scope.tenant_id())
                         .bind(id)
-                        .fetch_optional(&self.pool)
+                        .fetch_optional(&mut *tx)
                         .await?;
+                    tx.commit().await?;
                     status.ok_or_else(|| StoreError::NotFound(format!("message {id}")))
                 }
 
@@ -1287,13 +1323,15 @@ macro_rules! store_impl {
                     digest: &str,
                     bytes: &[u8],
                 ) -> StoreResult<()> {
+                    let mut tx = self.begin_scoped(scope).await?;
                     sqlx::query(sql::INSERT_POLICY_VERSION)
                         .bind(scope.tenant_id())
                         .bind(digest)
                         .bind(bytes)
                         .bind(now_ms())
-                        .execute(&self.pool)
+                        .execute(&mut *tx)
                         .await?;
+                    tx.commit().await?;
                     Ok(())
                 }
 
@@ -1302,11 +1340,13 @@ macro_rules! store_impl {
                     scope: &TenantScope,
                     digest: &str,
                 ) -> StoreResult<()> {
+                    let mut tx = self.begin_scoped(scope).await?;
                     let done = sqlx::query(sql::ACTIVATE_POLICY)
                         .bind(scope.tenant_id())
                         .bind(digest)
-                        .execute(&self.pool)
+                        .execute(&mut *tx)
                         .await?;
+                    tx.commit().await?;
                     if done.rows_affected() == 0 {
                         return Err(StoreError::NotFound(format!("policy version {digest}")));
                     }
@@ -1317,10 +1357,13 @@ macro_rules! store_impl {
                     &self,
                     scope: &TenantScope,
                 ) -> StoreResult<Option<String>> {
-                    Ok(sqlx::query_scalar(sql::SELECT_ACTIVE_POLICY_DIGEST)
+                    let mut tx = self.begin_scoped(scope).await?;
+                    let digest = sqlx::query_scalar(sql::SELECT_ACTIVE_POLICY_DIGEST)
                         .bind(scope.tenant_id())
-                        .fetch_optional(&self.pool)
-                        .await?)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    Ok(digest)
                 }
 
                 async fn policy_bytes(
@@ -1328,11 +1371,13 @@ macro_rules! store_impl {
                     scope: &TenantScope,
                     digest: &str,
                 ) -> StoreResult<Vec<u8>> {
+                    let mut tx = self.begin_scoped(scope).await?;
                     let bytes: Option<Vec<u8>> = sqlx::query_scalar(sql::SELECT_POLICY_BYTES)
                         .bind(scope.tenant_id())
                         .bind(digest)
-                        .fetch_optional(&self.pool)
+                        .fetch_optional(&mut *tx)
                         .await?;
+                    tx.commit().await?;
                     bytes.ok_or_else(|| StoreError::NotFound(format!("policy version {digest}")))
                 }
 
@@ -1395,22 +1440,26 @@ macro_rules! store_impl {
                     key_sha256: &str,
                     label: Option<&str>,
                 ) -> StoreResult<()> {
+                    let mut tx = self.begin_scoped(scope).await?;
                     sqlx::query(sql::INSERT_API_KEY)
                         .bind(scope.tenant_id())
                         .bind(key_id)
                         .bind(key_sha256)
                         .bind(label)
                         .bind(now_ms())
-                        .execute(&self.pool)
+                        .execute(&mut *tx)
                         .await?;
+                    tx.commit().await?;
                     Ok(())
                 }
 
                 async fn api_keys(&self, scope: &TenantScope) -> StoreResult<Vec<ApiKey>> {
+                    let mut tx = self.begin_scoped(scope).await?;
                     let rows: Vec<ApiKeyRow> = sqlx::query_as(sql::SELECT_API_KEYS)
                         .bind(scope.tenant_id())
-                        .fetch_all(&self.pool)
+                        .fetch_all(&mut *tx)
                         .await?;
+                    tx.commit().await?;
                     Ok(rows.into_iter().map(ApiKey::from).collect())
                 }
 
@@ -1419,12 +1468,14 @@ macro_rules! store_impl {
                     scope: &TenantScope,
                     key_id: &str,
                 ) -> StoreResult<()> {
+                    let mut tx = self.begin_scoped(scope).await?;
                     let done = sqlx::query(sql::REVOKE_API_KEY)
                         .bind(scope.tenant_id())
                         .bind(key_id)
                         .bind(now_ms())
-                        .execute(&self.pool)
+                        .execute(&mut *tx)
                         .await?;
+                    tx.commit().await?;
                     if done.rows_affected() == 0 {
                         return Err(StoreError::NotFound(format!("api key {key_id}")));
                     }
@@ -1432,20 +1483,24 @@ macro_rules! store_impl {
                 }
 
                 async fn tenant_by_api_key(&self, key_sha256: &str) -> StoreResult<TenantScope> {
+                    let mut tx = self.begin_host().await?;
                     let tenant: Option<String> = sqlx::query_scalar(sql::SELECT_TENANT_BY_KEY)
                         .bind(key_sha256)
-                        .fetch_optional(&self.pool)
+                        .fetch_optional(&mut *tx)
                         .await?;
+                    tx.commit().await?;
                     tenant
                         .map(TenantScope::looked_up)
                         .ok_or_else(|| StoreError::NotFound("api key".into()))
                 }
 
                 async fn agents(&self, scope: &TenantScope) -> StoreResult<Vec<Agent>> {
+                    let mut tx = self.begin_scoped(scope).await?;
                     let rows: Vec<AgentRow> = sqlx::query_as(sql::SELECT_AGENTS)
                         .bind(scope.tenant_id())
-                        .fetch_all(&self.pool)
+                        .fetch_all(&mut *tx)
                         .await?;
+                    tx.commit().await?;
                     let mut agents: Vec<Agent> =
                         rows.into_iter().map(|row| row.into_scoped().1).collect();
                     agents.sort_unstable_by(|a, b| a.did.cmp(&b.did));
@@ -1453,10 +1508,12 @@ macro_rules! store_impl {
                 }
 
                 async fn connections(&self, scope: &TenantScope) -> StoreResult<Vec<Connection>> {
+                    let mut tx = self.begin_scoped(scope).await?;
                     let rows: Vec<ConnectionRow> = sqlx::query_as(sql::SELECT_CONNECTIONS)
                         .bind(scope.tenant_id())
-                        .fetch_all(&self.pool)
+                        .fetch_all(&mut *tx)
                         .await?;
+                    tx.commit().await?;
                     let mut connections = rows
                         .into_iter()
                         .map(Connection::try_from)
@@ -1469,10 +1526,12 @@ macro_rules! store_impl {
                     &self,
                     scope: &TenantScope,
                 ) -> StoreResult<Vec<PolicyVersion>> {
+                    let mut tx = self.begin_scoped(scope).await?;
                     let rows: Vec<PolicyVersionRow> = sqlx::query_as(sql::SELECT_POLICY_VERSIONS)
                         .bind(scope.tenant_id())
-                        .fetch_all(&self.pool)
+                        .fetch_all(&mut *tx)
                         .await?;
+                    tx.commit().await?;
                     rows.into_iter().map(PolicyVersion::try_from).collect()
                 }
 
@@ -1484,7 +1543,7 @@ macro_rules! store_impl {
                     to: ConnectionStatus,
                     entry: NewAuditEntry,
                 ) -> StoreResult<(Connection, AuditEntry)> {
-                    let mut tx = self.begin_write().await?;
+                    let mut tx = self.begin_write(scope).await?;
                     let row: Option<ConnectionRow> = sqlx::query_as(sql::SELECT_CONNECTION)
                         .bind(scope.tenant_id())
                         .bind(connection_id)
@@ -1554,7 +1613,7 @@ macro_rules! store_impl {
                         extra,
                         allow,
                     } = record;
-                    let mut tx = self.begin_write().await?;
+                    let mut tx = self.begin_write(scope).await?;
                     // (1) The replay guard: a replay ends here, the transaction rolled back
                     // when dropped.
                     if !Self::insert_replay(&mut *tx, &signer_did, &msg_id).await? {
@@ -1605,9 +1664,11 @@ macro_rules! store_impl {
                 }
 
                 async fn queue_depth(&self) -> StoreResult<u64> {
+                    let mut tx = self.begin_host().await?;
                     let depth: i64 = sqlx::query_scalar(sql::QUEUE_DEPTH)
-                        .fetch_one(&self.pool)
+                        .fetch_one(&mut *tx)
                         .await?;
+                    tx.commit().await?;
                     to_u64(depth, "queue depth")
                 }
 
@@ -1617,12 +1678,14 @@ macro_rules! store_impl {
                     agent_did: &str,
                     limit: u32,
                 ) -> StoreResult<Vec<QueuedMessage>> {
+                    let mut tx = self.begin_scoped(scope).await?;
                     let rows: Vec<QueuedMessageRow> = sqlx::query_as(sql::SELECT_QUEUED)
                         .bind(scope.tenant_id())
                         .bind(agent_did)
                         .bind(i64::from(limit))
-                        .fetch_all(&self.pool)
+                        .fetch_all(&mut *tx)
                         .await?;
+                    tx.commit().await?;
                     rows.into_iter().map(QueuedMessage::try_from).collect()
                 }
 
@@ -1631,11 +1694,13 @@ macro_rules! store_impl {
                     scope: &TenantScope,
                     agent_did: &str,
                 ) -> StoreResult<Vec<Revocation>> {
+                    let mut tx = self.begin_scoped(scope).await?;
                     let rows: Vec<RevocationRow> = sqlx::query_as(sql::SELECT_REVOCATIONS)
                         .bind(scope.tenant_id())
                         .bind(agent_did)
-                        .fetch_all(&self.pool)
+                        .fetch_all(&mut *tx)
                         .await?;
+                    tx.commit().await?;
                     Ok(rows.into_iter().map(Revocation::from).collect())
                 }
 
@@ -1643,11 +1708,13 @@ macro_rules! store_impl {
                     &self,
                     scope: &TenantScope,
                 ) -> StoreResult<Vec<(String, String)>> {
+                    let mut tx = self.begin_scoped(scope).await?;
                     let mut chains: Vec<(String, String)> =
                         sqlx::query_as(sql::SELECT_AUDIT_CHAINS)
                             .bind(scope.tenant_id())
-                            .fetch_all(&self.pool)
+                            .fetch_all(&mut *tx)
                             .await?;
+                    tx.commit().await?;
                     // Sorted here, by bytes: a Postgres collation may order text otherwise.
                     chains.sort_unstable();
                     Ok(chains)
@@ -1778,6 +1845,14 @@ mod sql {
          WHERE tenant_id = $1 AND connection_id = $2 AND status = $4";
 
     pub(super) const PING: &str = "SELECT 1";
+
+    /// Postgres only (row-level security, migration 0003): the role of every pooled
+    /// connection, which owns no table, so the policies apply to it.
+    pub(super) const SET_APP_ROLE: &str = "SET ROLE arp_app";
+    /// Postgres only: the tenant of the current transaction.
+    pub(super) const SET_TENANT: &str = "SELECT set_config('arp.tenant_id', $1, true)";
+    /// Postgres only: a host-wide read in the current transaction.
+    pub(super) const SET_HOST_SCOPE: &str = "SELECT set_config('arp.scope', 'host', true)";
 }
 
 #[cfg(test)]
