@@ -52,7 +52,14 @@ pub struct AdminConfig {
     pub maxima: LimitMaxima,
     /// Largest component accepted by `PUT .../policies` (the admission size limit).
     pub max_component_bytes: usize,
+    /// Admissions (compilation, pre-initialisation, test cases) that may run at once on
+    /// this host: half the CPUs, so uploads never starve decisions. More uploads wait up
+    /// to [`ADMISSION_QUEUE_WAIT`], then answer 429 `admission_busy`.
+    pub admissions: Arc<tokio::sync::Semaphore>,
 }
+
+/// How long an upload waits for an admission slot before 429 `admission_busy`.
+pub const ADMISSION_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl AdminConfig {
     /// The admin settings of a server; an empty `operator_token` counts as none.
@@ -69,6 +76,9 @@ impl AdminConfig {
             default_limits,
             maxima: LimitMaxima::default(),
             max_component_bytes: AdmissionLimits::default().max_component_bytes,
+            admissions: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
+            )),
         }
     }
 

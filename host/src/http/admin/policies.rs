@@ -22,7 +22,7 @@ use super::{AdminResult, RawBody, body_bytes, json_body, reply, store_error, ten
 use crate::audit::format_timestamp;
 use crate::http::AppState;
 use crate::http::error::ApiError;
-use crate::pdp::{AdmissionError, CompiledPolicy, PolicyRegistry};
+use crate::pdp::{AdmissionError, CompiledPolicy, PolicyRegistry, digest_of};
 use crate::runner::{self, Case};
 use crate::store::TenantScope;
 
@@ -95,15 +95,22 @@ pub async fn upload(
     let limits = tenant_limits(&state, &scope)
         .await?
         .apply(state.admin.default_limits);
+    let _slot = admission_slot(&state).await?;
     let registry = state.admin.registry.clone();
     let size = bytes.len();
     let case_count = cases.as_ref().map_or(0, Vec::len);
     let checked = tokio::task::spawn_blocking(move || {
+        let was_loaded = registry.get(&digest_of(&bytes)).is_some();
         let policy = registry.load(&bytes).map_err(Refusal::Admission)?;
         if let Some(cases) = &cases {
             let outcomes = runner::run_cases(registry.engine(), &policy, &limits, cases);
             let failed = outcomes.iter().filter(|o| !o.passed()).count();
             if failed > 0 {
+                // Not stored, so not kept compiled either (unless it was loaded before:
+                // the same component may be another tenant's active version).
+                if !was_loaded {
+                    registry.forget(&policy.digest);
+                }
                 let report = outcomes
                     .iter()
                     .map(|o| {
@@ -276,6 +283,7 @@ pub async fn activate(
             .policy_bytes(&scope, &digest)
             .await
             .map_err(|error| store_error(error, "unknown_policy_version", "conflict"))?;
+        let _slot = admission_slot(&state).await?;
         compile(state.admin.registry.clone(), bytes).await?;
     }
     state
@@ -293,6 +301,27 @@ pub async fn activate(
         StatusCode::OK,
         json!({"active": digest, "previous": previous}),
     ))
+}
+
+/// A slot of the host's admission capacity (429 `admission_busy` after waiting
+/// [`super::ADMISSION_QUEUE_WAIT`]).
+async fn admission_slot(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    let busy = || {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "admission_busy",
+            "other uploads are being admitted; retry later",
+        )
+    };
+    match tokio::time::timeout(
+        super::ADMISSION_QUEUE_WAIT,
+        state.admin.admissions.clone().acquire_owned(),
+    )
+    .await
+    {
+        Ok(Ok(permit)) => Ok(permit),
+        _ => Err(busy()),
+    }
 }
 
 /// Compiles stored bytes into the registry off the async reactor.
