@@ -10,6 +10,8 @@
 -- `arp.scope = 'host'`, which may read but never write.
 --
 -- Roles are per cluster: several databases (and concurrent migrations) share arp_app.
+-- The migrating user needs CREATEROLE (or a DBA creates arp_app NOLOGIN and grants it to
+-- that user beforehand); otherwise the GRANT below fails and names the missing role.
 
 DO $$
 BEGIN
