@@ -384,7 +384,7 @@ async fn outbound_envelopes_route_like_a_post_only_when_signed_by_the_agent() {
     let (mut samantha, _) = AgentSocket::connect(&server.url, SAMANTHA, &w.samantha).await;
     let (mut orion, _) = AgentSocket::connect(&server.url, ORION, &w.orion).await;
 
-    let as_samantha = support::Peer::with_key(SAMANTHA, w.samantha.clone());
+    let as_samantha = support::Peer::from_seed(SAMANTHA, w.samantha.to_bytes());
     let envelope = as_samantha.request("out-1", ORION, json!({"text": "hello orion"}));
     samantha
         .send_json(json!({"kind": "outbound_envelope", "msgId": "out-1", "msgType": "https://didcomm.org/arp/1.0/request", "peerDid": ORION, "envelope": envelope, "connectionId": "c2"}))
@@ -541,4 +541,71 @@ async fn the_agent_client_prints_acks_and_reconnects_after_a_host_restart() {
     );
     wait_for_status(&w, &second, "delivered").await;
     server.stop();
+}
+
+/// Suspending or revoking through the admin API reaches the agent as a `revocation` frame,
+/// whichever host holds its session.
+async fn owner_actions_reach_the_agent(backend: Backend) {
+    let w = world(&backend).await;
+    let token = ["--operator-token", "op-secret"];
+    let admin_host = Server::spawn(&backend, &token);
+    let agent_host = Server::spawn(&backend, &token);
+    let (mut agent, _) = AgentSocket::connect(&agent_host.url, SAMANTHA, &w.samantha).await;
+    let client = support::http_client();
+    for (action, body, reason) in [
+        ("suspend", json!({}), "suspended"),
+        (
+            "revoke",
+            json!({"reason": "no longer needed"}),
+            "no longer needed",
+        ),
+    ] {
+        let response = client
+            .post(format!(
+                "{}/admin/v1/tenants/acme/connections/c1/{action}",
+                admin_host.url
+            ))
+            .bearer_auth("op-secret")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+        let frame = agent.next_json().await;
+        assert_eq!(
+            frame,
+            json!({"kind": "revocation", "connectionId": "c1", "reason": reason})
+        );
+    }
+    admin_host.stop();
+    agent_host.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owner_actions_reach_the_agent_on_one_host_sqlite() {
+    let backend = Backend::sqlite();
+    let w = world(&backend).await;
+    let server = Server::spawn(&backend, &["--operator-token", "op-secret"]);
+    let (mut agent, _) = AgentSocket::connect(&server.url, SAMANTHA, &w.samantha).await;
+    let response = support::http_client()
+        .post(format!(
+            "{}/admin/v1/tenants/acme/connections/c1/revoke",
+            server.url
+        ))
+        .bearer_auth("op-secret")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        agent.next_json().await,
+        json!({"kind": "revocation", "connectionId": "c1", "reason": "revoked"})
+    );
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owner_actions_reach_the_agent_across_hosts_postgres() {
+    owner_actions_reach_the_agent(Backend::postgres().await).await;
 }

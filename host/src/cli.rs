@@ -59,6 +59,9 @@ pub enum Command {
     /// Manage connections between hosted agents and their peers.
     #[command(subcommand)]
     Connection(ConnectionCommand),
+    /// The admin API of a running server over HTTP (tenants, keys, agents, connections,
+    /// audit, usage), with the operator token or a tenant API key.
+    Admin(crate::admin_client::AdminArgs),
 }
 
 /// Where the store is: `--database-url`, else SQLite in `--data-dir`.
@@ -255,6 +258,10 @@ pub struct ServeArgs {
     /// that replay recorded bearers.
     #[arg(long, hide = true)]
     pub bearer_clock_ms: Option<i64>,
+    /// The operator token of the admin API (`/admin/v1`: tenants, API keys, plans,
+    /// limits). Without it, only tenant API keys work (and none can be created).
+    #[arg(long, env = "ARP_OPERATOR_TOKEN", hide_env_values = true)]
+    pub operator_token: Option<String>,
 }
 
 /// `arp-host policy ...`
@@ -303,6 +310,27 @@ pub enum PolicyCommand {
         #[command(flatten)]
         limits: LimitArgs,
     },
+    /// Upload a component to a running server's admin API (`--url`, `--key`, `--tenant`).
+    Push(RemotePolicyArgs),
+    /// Activate an uploaded version on a running server (rollback: an earlier digest).
+    Activate(RemotePolicyArgs),
+    /// List a tenant's versions on a running server, and the active one.
+    List(RemotePolicyArgs),
+}
+
+/// `policy push|activate|list`: which server, who, which tenant, and the verb's input.
+#[derive(Debug, Args)]
+pub struct RemotePolicyArgs {
+    #[command(flatten)]
+    pub remote: crate::admin_client::Remote,
+    /// The tenant whose policies these are.
+    #[arg(long, env = "ARP_TENANT")]
+    pub tenant: String,
+    /// push: the component (`.wasm`); activate: the digest; list: nothing.
+    pub target: Option<String>,
+    /// push: a case file (JSON or YAML) the server runs before accepting the upload.
+    #[arg(long)]
+    pub cases: Option<PathBuf>,
 }
 
 /// `arp-host audit ...`
@@ -456,6 +484,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Tenant(command) => block_on(run_tenant(command)),
         Command::Agent(command) => block_on(run_agent(command)),
         Command::Connection(command) => block_on(run_connection(command)),
+        Command::Admin(args) => crate::admin_client::run_admin(args),
     }
 }
 
@@ -715,6 +744,11 @@ fn run_serve(args: ServeArgs) -> Result<ExitCode, CliError> {
             hub.clone()
                 .run_expiry(Duration::from_secs(args.expiry_interval_secs.max(1))),
         );
+        let admin = http::admin::AdminConfig::new(
+            args.operator_token.as_deref(),
+            registry.clone(),
+            config.policy_limits,
+        );
         let dispatcher = Dispatcher::new(
             store.clone(),
             Arc::new(Pdp::new(engine, None)),
@@ -733,6 +767,7 @@ fn run_serve(args: ServeArgs) -> Result<ExitCode, CliError> {
             body_limit: args.body_limit,
             hub: hub.clone(),
             bearer_clock_ms: args.bearer_clock_ms,
+            admin: Arc::new(admin),
         };
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
@@ -785,7 +820,39 @@ async fn shutdown_signal() {
     }
 }
 
+fn run_remote_policy(command: PolicyCommand) -> Result<ExitCode, CliError> {
+    use crate::admin_client::{RemotePolicyVerb, run_remote_policy as run};
+    let missing = |what: &str| CliError::Invalid(format!("give the {what}"));
+    match command {
+        PolicyCommand::Push(args) => {
+            let file = args.target.ok_or_else(|| missing("component file"))?;
+            let verb = RemotePolicyVerb::Push {
+                file: PathBuf::from(file),
+                cases: args.cases,
+            };
+            run(&args.remote, &args.tenant, verb)
+        }
+        PolicyCommand::Activate(args) => {
+            let digest = args.target.ok_or_else(|| missing("digest"))?;
+            run(
+                &args.remote,
+                &args.tenant,
+                RemotePolicyVerb::Activate { digest },
+            )
+        }
+        PolicyCommand::List(args) => run(&args.remote, &args.tenant, RemotePolicyVerb::List),
+        _ => Err(CliError::Invalid("not a remote policy command".into())),
+    }
+}
+
 fn run_policy(command: PolicyCommand) -> Result<ExitCode, CliError> {
+    if matches!(
+        command,
+        PolicyCommand::Push(_) | PolicyCommand::Activate(_) | PolicyCommand::List(_)
+    ) {
+        return run_remote_policy(command);
+    }
+    // Only the local commands need an engine.
     let engine = Arc::new(PolicyEngine::new(EngineConfig::default())?);
     match command {
         PolicyCommand::Check { file } => {
@@ -864,6 +931,9 @@ fn run_policy(command: PolicyCommand) -> Result<ExitCode, CliError> {
                 report.mean_fuel
             );
             Ok(ExitCode::SUCCESS)
+        }
+        remote @ (PolicyCommand::Push(_) | PolicyCommand::Activate(_) | PolicyCommand::List(_)) => {
+            run_remote_policy(remote)
         }
     }
 }

@@ -448,11 +448,17 @@ impl Dispatcher {
                 (digest, policy)
             }
         };
+        // The tenant's own limits (set by the operator through the admin API).
+        let tenant_limits = self.store.tenant_limits(scope).await?;
+        let limits = tenant_limits.apply(self.config.policy_limits);
+        let concurrency = tenant_limits
+            .concurrency
+            .and_then(|permits| usize::try_from(permits).ok());
         let started = Instant::now();
         let decision = match policy {
             Ok(policy) => {
                 self.pdp
-                    .decide(policy, self.config.policy_limits, &request)
+                    .decide_limited(policy, limits, &request, concurrency)
                     .await
             }
             Err(failure) => Decision::failed(failure, 0),

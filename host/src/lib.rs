@@ -7,6 +7,7 @@
 //! queued messages to connected agents; [`store`] is the persistence layer (SQLite or
 //! Postgres).
 
+pub mod admin_client;
 pub mod agent_client;
 pub mod audit;
 pub mod cli;

@@ -193,10 +193,17 @@ pub fn load_cases(path: &Path) -> Result<Vec<Case>, CaseFileError> {
         path: display.clone(),
         source,
     })?;
+    parse_cases(&text, &display)
+}
+
+/// Reads cases from the text of a case file (JSON or YAML); `display` names it in errors.
+/// The admin API's policy upload uses this for the cases sent with a component.
+pub fn parse_cases(text: &str, display: &str) -> Result<Vec<Case>, CaseFileError> {
+    let display = display.to_owned();
     let parsed: CaseFile = if text.trim_start().starts_with(['{', '[']) {
-        serde_json::from_str(&text).map_err(|e| e.to_string())
+        serde_json::from_str(text).map_err(|e| e.to_string())
     } else {
-        serde_yaml::from_str(&text).map_err(|e| e.to_string())
+        serde_yaml::from_str(text).map_err(|e| e.to_string())
     }
     .map_err(|reason| CaseFileError::Format {
         path: display.clone(),

@@ -172,10 +172,20 @@ impl Peer {
         }
     }
 
-    /// A peer with this DID and key.
-    pub fn with_key(did: &str, key: SigningKey) -> Self {
+    /// A signer with this DID and Ed25519 seed (e.g. a hosted agent's generated key).
+    pub fn from_seed(did: &str, seed: [u8; 32]) -> Self {
         Self {
             did: did.to_owned(),
+            key: SigningKey::from_bytes(&seed),
+        }
+    }
+
+    /// A `did:key` peer with this seed (resolves without any network).
+    pub fn did_key(seed: [u8; 32]) -> Self {
+        let key = SigningKey::from_bytes(&seed);
+        let multibase = arp_host::did::encode_public_key_multibase(key.verifying_key().as_bytes());
+        Self {
+            did: format!("did:key:{multibase}"),
             key,
         }
     }

@@ -17,6 +17,8 @@ pub struct ApiError {
     pub code: &'static str,
     /// A sentence for humans (not stable).
     pub detail: String,
+    /// More members of the body (e.g. the failed cases of a refused policy upload).
+    pub extra: Option<serde_json::Value>,
 }
 
 impl ApiError {
@@ -26,6 +28,7 @@ impl ApiError {
             status,
             code,
             detail: detail.into(),
+            extra: None,
         }
     }
 
@@ -57,7 +60,14 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() {
             tracing::error!(status = self.status.as_u16(), reason = self.code, detail = %self.detail, "request failed");
         }
-        let body = json!({ "ok": false, "error": self.code, "detail": self.detail });
+        let mut body = json!({ "ok": false, "error": self.code, "detail": self.detail });
+        if let (Some(serde_json::Value::Object(extra)), Some(map)) =
+            (self.extra, body.as_object_mut())
+        {
+            for (key, value) in extra {
+                map.entry(key).or_insert(value);
+            }
+        }
         (self.status, Json(body)).into_response()
     }
 }

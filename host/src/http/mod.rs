@@ -2,9 +2,11 @@
 //!
 //! Routes: `POST /didcomm` ([`didcomm`]), the per-agent `/.well-known/*` documents
 //! ([`well_known`]), the agents' `GET /ws` and `GET /agent-connections` ([`agent`]),
-//! `GET /health` (the process is up), `GET /ready` (the store answers)
-//! and `GET /metrics` (Prometheus text). Errors are [`error::ApiError`] JSON bodies.
+//! `GET /health` (the process is up), `GET /ready` (the store answers), `GET /metrics`
+//! (Prometheus text), and the tenant administration API under `/admin/v1` ([`admin`]).
+//! Errors are [`error::ApiError`] JSON bodies.
 
+pub mod admin;
 pub mod agent;
 pub mod didcomm;
 pub mod error;
@@ -50,11 +52,14 @@ pub struct AppState {
     /// A fixed clock for bearer checks, for tests replaying recorded bearers; `None`: the
     /// system clock.
     pub bearer_clock_ms: Option<i64>,
+    /// The admin API's settings (operator token, policy registry, limits).
+    pub admin: Arc<admin::AdminConfig>,
 }
 
 /// The router of the whole server.
 pub fn app(state: AppState) -> Router {
     let body_limit = state.body_limit;
+    let admin = admin::router(&state);
     Router::new()
         .route("/didcomm", post(didcomm::post))
         .route(
@@ -79,6 +84,8 @@ pub fn app(state: AppState) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(metrics_text))
         .layer(DefaultBodyLimit::max(body_limit))
+        // After the layer above: the admin routes have their own body limit.
+        .merge(admin)
         .with_state(state)
 }
 

@@ -44,3 +44,127 @@ impl Default for PolicyLimits {
         }
     }
 }
+
+/// A tenant's own limits, set by the operator: each `None` keeps the host default. Stored
+/// with the tenant and applied by dispatch to every decision of that tenant.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TenantLimits {
+    /// Fuel per decision ([`PolicyLimits::fuel`]).
+    pub fuel: Option<u64>,
+    /// Wall-clock deadline per decision, in milliseconds ([`PolicyLimits::deadline_ms`]).
+    pub deadline_ms: Option<u64>,
+    /// Linear memory per decision, in bytes ([`PolicyLimits::memory_bytes`]).
+    pub memory_bytes: Option<u64>,
+    /// Decisions of this tenant that may run at once (the scheduler's per-tenant gate).
+    pub concurrency: Option<u32>,
+}
+
+impl TenantLimits {
+    /// `base` (the host's limits) with this tenant's overrides.
+    pub fn apply(&self, base: PolicyLimits) -> PolicyLimits {
+        PolicyLimits {
+            fuel: self.fuel.unwrap_or(base.fuel),
+            deadline_ms: self.deadline_ms.unwrap_or(base.deadline_ms),
+            memory_bytes: self
+                .memory_bytes
+                .and_then(|bytes| usize::try_from(bytes).ok())
+                .unwrap_or(base.memory_bytes),
+            ..base
+        }
+    }
+}
+
+/// The most an operator may grant one tenant (an operator's request above these is
+/// refused with `limit_out_of_range`, never clamped silently).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LimitMaxima {
+    /// Ten times the default: a decision can still never hold a CPU for long.
+    pub fuel: u64,
+    /// One second: a decision is on the request path of a peer waiting for its 202.
+    pub deadline_ms: u64,
+    /// The engine's pool slot size ([`super::EngineConfig::max_memory_bytes`]): more
+    /// cannot be granted without restarting the engine.
+    pub memory_bytes: u64,
+    /// Every CPU of the host: one tenant may then use all of them, never more.
+    pub concurrency: u32,
+}
+
+impl Default for LimitMaxima {
+    fn default() -> Self {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self {
+            fuel: 200_000_000,
+            deadline_ms: 1000,
+            memory_bytes: u64::try_from(super::EngineConfig::default().max_memory_bytes)
+                .unwrap_or(u64::MAX),
+            concurrency: u32::try_from(cpus).unwrap_or(u32::MAX),
+        }
+    }
+}
+
+impl LimitMaxima {
+    /// Checks `limits` against these maxima (and that none is zero); the error names the
+    /// first limit out of range.
+    pub fn check(&self, limits: &TenantLimits) -> Result<(), String> {
+        let checks = [
+            ("fuel", limits.fuel, self.fuel),
+            ("deadlineMs", limits.deadline_ms, self.deadline_ms),
+            ("memoryBytes", limits.memory_bytes, self.memory_bytes),
+            (
+                "concurrency",
+                limits.concurrency.map(u64::from),
+                u64::from(self.concurrency),
+            ),
+        ];
+        for (name, value, max) in checks {
+            if let Some(value) = value
+                && (value == 0 || value > max)
+            {
+                return Err(format!("{name} {value} is outside 1..={max}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_limits_override_only_what_they_set() {
+        let base = PolicyLimits::default();
+        assert_eq!(TenantLimits::default().apply(base), base);
+        let set = TenantLimits {
+            fuel: Some(1000),
+            memory_bytes: Some(1 << 20),
+            ..TenantLimits::default()
+        };
+        let applied = set.apply(base);
+        assert_eq!(applied.fuel, 1000);
+        assert_eq!(applied.memory_bytes, 1 << 20);
+        assert_eq!(applied.deadline_ms, base.deadline_ms);
+    }
+
+    #[test]
+    fn maxima_refuse_zero_and_too_much() {
+        let maxima = LimitMaxima::default();
+        assert!(maxima.check(&TenantLimits::default()).is_ok());
+        let zero = TenantLimits {
+            concurrency: Some(0),
+            ..TenantLimits::default()
+        };
+        assert!(
+            maxima
+                .check(&zero)
+                .unwrap_err()
+                .starts_with("concurrency 0")
+        );
+        let big = TenantLimits {
+            deadline_ms: Some(maxima.deadline_ms + 1),
+            ..TenantLimits::default()
+        };
+        assert!(maxima.check(&big).unwrap_err().starts_with("deadlineMs"));
+    }
+}

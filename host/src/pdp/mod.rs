@@ -15,7 +15,7 @@ mod scheduler;
 pub use admission::{AdmissionError, AdmissionLimits, admit, digest_of, inspect};
 pub use decision::{Decision, Effect, PolicyFailure};
 pub use engine::{CompiledPolicy, EngineConfig, PolicyEngine};
-pub use limits::PolicyLimits;
+pub use limits::{LimitMaxima, PolicyLimits, TenantLimits};
 pub use registry::PolicyRegistry;
 pub use request::{Connection, Entity, EntityRef, Message, Obligation, PolicyRequest};
 pub use scheduler::Pdp;

@@ -73,6 +73,12 @@ impl PolicyRegistry {
         Ok(policy)
     }
 
+    /// Drops a compiled policy from memory (an upload refused after compilation, e.g. by
+    /// its test cases); a later [`PolicyRegistry::load`] compiles or reads it again.
+    pub fn forget(&self, digest: &str) {
+        self.lock().remove(digest);
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<CompiledPolicy>>> {
         self.loaded
             .lock()

@@ -16,7 +16,9 @@ use super::request::PolicyRequest;
 pub struct Pdp {
     engine: Arc<PolicyEngine>,
     per_tenant: usize,
-    gates: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Each tenant's gate and the permits it was made with (a tenant whose concurrency
+    /// limit changed gets a new gate; decisions holding the old one finish on it).
+    gates: Mutex<HashMap<String, (usize, Arc<Semaphore>)>>,
 }
 
 impl Pdp {
@@ -37,15 +39,19 @@ impl Pdp {
         &self.engine
     }
 
-    fn gate(&self, tenant: &str) -> Arc<Semaphore> {
+    fn gate(&self, tenant: &str, permits: usize) -> Arc<Semaphore> {
         let mut gates = self
             .gates
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        gates
-            .entry(tenant.to_owned())
-            .or_insert_with(|| Arc::new(Semaphore::new(self.per_tenant)))
-            .clone()
+        match gates.get(tenant) {
+            Some((made_with, gate)) if *made_with == permits => gate.clone(),
+            _ => {
+                let gate = Arc::new(Semaphore::new(permits));
+                gates.insert(tenant.to_owned(), (permits, gate.clone()));
+                gate
+            }
+        }
     }
 
     /// Decides one request with the tenant's policy, waiting for a slot of that tenant.
@@ -55,7 +61,20 @@ impl Pdp {
         limits: PolicyLimits,
         request: &PolicyRequest,
     ) -> Decision {
-        let gate = self.gate(&request.tenant);
+        self.decide_limited(policy, limits, request, None).await
+    }
+
+    /// [`Pdp::decide`] with the tenant's own concurrency limit (`None`: the host's
+    /// per-tenant default).
+    pub async fn decide_limited(
+        &self,
+        policy: Arc<CompiledPolicy>,
+        limits: PolicyLimits,
+        request: &PolicyRequest,
+        concurrency: Option<usize>,
+    ) -> Decision {
+        let permits = concurrency.unwrap_or(self.per_tenant).max(1);
+        let gate = self.gate(&request.tenant, permits);
         let Ok(_permit) = gate.acquire_owned().await else {
             return Decision::failed(PolicyFailure::Unavailable("tenant gate closed".into()), 0);
         };

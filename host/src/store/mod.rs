@@ -28,7 +28,7 @@ use sqlx::types::Json;
 
 use crate::audit::{AuditDecision, AuditEntry, AuditError, NewAuditEntry};
 pub(crate) use crate::clock::now_ms;
-use crate::pdp::Obligation;
+use crate::pdp::{Obligation, TenantLimits};
 
 /// What a store operation returns.
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -381,6 +381,33 @@ pub struct Revocation {
     pub created_at_ms: i64,
 }
 
+// ---- Tenant administration (issue #5, the admin API): domain types ----
+
+/// A tenant API key as listed (the key itself is shown once at creation and only its
+/// SHA-256 is stored).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiKey {
+    /// Its id (`key_...`), for listing and revoking.
+    pub id: String,
+    /// What the operator called it.
+    pub label: Option<String>,
+    /// When it was created.
+    pub created_at_ms: i64,
+    /// When it was revoked, if it was.
+    pub revoked_at_ms: Option<i64>,
+}
+
+/// A stored policy version (immutable: a digest names one component).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyVersion {
+    /// `sha256:<hex>` of the component.
+    pub digest: String,
+    /// Size of the component in bytes.
+    pub size_bytes: u64,
+    /// When it was first uploaded.
+    pub created_at_ms: i64,
+}
+
 /// The store. Every tenant-owned operation takes a [`TenantScope`] and touches only that
 /// tenant's rows.
 #[async_trait]
@@ -491,6 +518,55 @@ pub trait Store: std::fmt::Debug + Send + Sync {
     /// A stored policy version's component bytes (`NotFound` otherwise).
     async fn policy_bytes(&self, scope: &TenantScope, digest: &str) -> StoreResult<Vec<u8>>;
 
+    // ---- Tenant administration (issue #5, the admin API) ----
+
+    /// Every tenant, by id.
+    async fn tenants(&self) -> StoreResult<Vec<Tenant>>;
+    /// Changes the tenant's plan.
+    async fn set_plan(&self, scope: &TenantScope, plan: Plan) -> StoreResult<()>;
+    /// The tenant's own policy limits (`None` members: the host default).
+    async fn tenant_limits(&self, scope: &TenantScope) -> StoreResult<TenantLimits>;
+    /// Replaces the tenant's own policy limits.
+    async fn set_tenant_limits(
+        &self,
+        scope: &TenantScope,
+        limits: &TenantLimits,
+    ) -> StoreResult<()>;
+    /// Stores a new API key of the tenant by the SHA-256 (hex) of its text.
+    async fn create_api_key(
+        &self,
+        scope: &TenantScope,
+        key_id: &str,
+        key_sha256: &str,
+        label: Option<&str>,
+    ) -> StoreResult<()>;
+    /// The tenant's API keys, oldest first.
+    async fn api_keys(&self, scope: &TenantScope) -> StoreResult<Vec<ApiKey>>;
+    /// Revokes one of the tenant's keys (idempotent; `NotFound` when it has no such key).
+    async fn revoke_api_key(&self, scope: &TenantScope, key_id: &str) -> StoreResult<()>;
+    /// The tenant of an unrevoked API key, by the SHA-256 (hex) of its text (`NotFound`
+    /// otherwise): how a tenant's request is authenticated.
+    async fn tenant_by_api_key(&self, key_sha256: &str) -> StoreResult<TenantScope>;
+    /// The tenant's agents, by DID.
+    async fn agents(&self, scope: &TenantScope) -> StoreResult<Vec<Agent>>;
+    /// The tenant's connections, by id.
+    async fn connections(&self, scope: &TenantScope) -> StoreResult<Vec<Connection>>;
+    /// The tenant's stored policy versions, oldest first.
+    async fn policy_versions(&self, scope: &TenantScope) -> StoreResult<Vec<PolicyVersion>>;
+    /// An owner action on a connection, in one transaction: the status changes from one
+    /// of `from` to `to` (`Conflict` when it is in none of them, `NotFound` when there is
+    /// no such connection), `entry` is appended to the chain of (connection's agent,
+    /// connection), and a move to `Revoked` also lists the connection on the agent's
+    /// revocations. Returns the connection as it was and the entry appended.
+    async fn transition_connection(
+        &self,
+        scope: &TenantScope,
+        connection_id: &str,
+        from: &[ConnectionStatus],
+        to: ConnectionStatus,
+        entry: NewAuditEntry,
+    ) -> StoreResult<(Connection, AuditEntry)>;
+
     /// Records one verified inbound envelope in one transaction: the replay guard insert,
     /// (if allowed) the atomic quota check-and-count, the audit append (serialized per
     /// chain) and (if allowed and under the quota) the enqueue. A replayed
@@ -546,13 +622,6 @@ pub trait Store: std::fmt::Debug + Send + Sync {
         scope: &TenantScope,
         agent_did: &str,
     ) -> StoreResult<Vec<Connection>>;
-    /// Sets a connection's status (`NotFound` when the tenant has no such connection).
-    async fn set_connection_status(
-        &self,
-        scope: &TenantScope,
-        connection_id: &str,
-        status: ConnectionStatus,
-    ) -> StoreResult<()>;
 
     /// Tells every host sharing this store about `event` (Postgres `NOTIFY`; a no-op on
     /// SQLite, whose one host needs no telling).
@@ -757,6 +826,71 @@ impl From<RevocationRow> for Revocation {
     }
 }
 
+#[derive(sqlx::FromRow)]
+struct TenantLimitsRow {
+    limit_fuel: Option<i64>,
+    limit_deadline_ms: Option<i64>,
+    limit_memory_bytes: Option<i64>,
+    limit_concurrency: Option<i64>,
+}
+
+impl TryFrom<TenantLimitsRow> for TenantLimits {
+    type Error = StoreError;
+
+    fn try_from(row: TenantLimitsRow) -> StoreResult<Self> {
+        let read = |value: Option<i64>, what: &str| value.map(|v| to_u64(v, what)).transpose();
+        Ok(Self {
+            fuel: read(row.limit_fuel, "limit_fuel")?,
+            deadline_ms: read(row.limit_deadline_ms, "limit_deadline_ms")?,
+            memory_bytes: read(row.limit_memory_bytes, "limit_memory_bytes")?,
+            concurrency: read(row.limit_concurrency, "limit_concurrency")?
+                .map(|v| {
+                    u32::try_from(v)
+                        .map_err(|_| StoreError::Corrupt(format!("limit_concurrency {v}")))
+                })
+                .transpose()?,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct ApiKeyRow {
+    id: String,
+    label: Option<String>,
+    created_at: i64,
+    revoked_at: Option<i64>,
+}
+
+impl From<ApiKeyRow> for ApiKey {
+    fn from(row: ApiKeyRow) -> Self {
+        Self {
+            id: row.id,
+            label: row.label,
+            created_at_ms: row.created_at,
+            revoked_at_ms: row.revoked_at,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct PolicyVersionRow {
+    digest: String,
+    size_bytes: i64,
+    created_at: i64,
+}
+
+impl TryFrom<PolicyVersionRow> for PolicyVersion {
+    type Error = StoreError;
+
+    fn try_from(row: PolicyVersionRow) -> StoreResult<Self> {
+        Ok(Self {
+            size_bytes: to_u64(row.size_bytes, "policy size")?,
+            digest: row.digest,
+            created_at_ms: row.created_at,
+        })
+    }
+}
+
 /// The audit fields of a message the policy allowed but the plan quota refuses: a deny
 /// with reason `quota_exceeded:<plan>:<used>/<cap>`, no obligations, the fired policies
 /// kept (ARP-PROTOCOL §2).
@@ -776,8 +910,18 @@ fn quota_exceeded_fields(fields: NewAuditEntry, plan: Plan, used: u64, cap: u64)
 /// path: it is named inside the generated module); the backend type supplies, besides its
 /// `pool` field, the two places where the backends differ:
 ///
-/// - `async fn begin_write(&self) -> StoreResult<sqlx::Transaction<'static, $db>>`: a
-///   transaction that will write (SQLite takes the database's write lock here);
+/// - `async fn begin_write(&self, scope: &TenantScope) -> StoreResult<sqlx::Transaction<'static,
+///   $db>>`: a transaction of the tenant that will write (SQLite takes the database's write
+///   lock here; Postgres sets the tenant for row-level security);
+/// - `async fn begin_scoped(&self, scope: &TenantScope)` (same type): a transaction of the
+///   tenant for one operation (Postgres: sets `arp.tenant_id`, which the row-level security
+///   policies compare with every row's `tenant_id`);
+/// - `async fn begin_host(&self)` (same type): a transaction of a host-wide read (routing by
+///   DID, authenticating a key by its hash, the queue-depth gauge; Postgres: sets
+///   `arp.scope = 'host'`, which the policies let read, never write);
+/// - `async fn begin_maintenance(&self)` (same type): a transaction of host-wide queue
+///   upkeep (expiring messages; Postgres: sets `arp.scope = 'maintenance'`, which the
+///   policies let read and update messages only);
 /// - `async fn lock_chain(tx: &mut sqlx::Transaction<'static, $db>, key: &str) ->
 ///   StoreResult<()>`: hold the lock of one audit chain until the transaction ends, before
 ///   its head is read (Postgres: an advisory lock; SQLite: already held).
@@ -791,10 +935,16 @@ macro_rules! store_impl {
             use $crate::audit::{AuditEntry, NewAuditEntry};
             use $crate::store::{
                 Agent, AgentRow, AllowedInbound, AuditExtra, AuditRow, Connection, ConnectionRow,
-                ConnectionStatus, InboundOutcome, InboundRecord, NewMessage, Plan, QueuedMessage,
-                QueuedMessageRow, Revocation, RevocationRow, Store, StoreError, StoreResult,
-                Tenant, TenantRow, TenantScope, chain_key, now_ms, quota_exceeded_fields, sql,
-                to_i64, to_u64,
+                InboundOutcome, InboundRecord, NewMessage, Plan, QueuedMessage, QueuedMessageRow,
+                Revocation, RevocationRow, Store, StoreError, StoreResult, Tenant, TenantRow,
+                TenantScope, chain_key, now_ms, quota_exceeded_fields, sql, to_i64, to_u64,
+            };
+            // Tenant administration (issue #5).
+            use $crate::connection::REVOKED_CONNECTION;
+            use $crate::pdp::TenantLimits;
+            use $crate::store::{
+                ApiKey, ApiKeyRow, ConnectionStatus, PolicyVersion, PolicyVersionRow,
+                TenantLimitsRow,
             };
 
             /// The single-statement steps that both a transaction and the pool run.
@@ -966,6 +1116,7 @@ macro_rules! store_impl {
                     scope: &TenantScope,
                     agent: &Agent,
                 ) -> StoreResult<()> {
+                    let mut tx = self.begin_scoped(scope).await?;
                     sqlx::query(sql::INSERT_AGENT)
                         .bind(scope.tenant_id())
                         .bind(&agent.did)
@@ -974,26 +1125,31 @@ macro_rules! store_impl {
                         .bind(Json(&agent.agent_card))
                         .bind(Json(&agent.arp_json))
                         .bind(now_ms())
-                        .execute(&self.pool)
+                        .execute(&mut *tx)
                         .await?;
+                    tx.commit().await?;
                     Ok(())
                 }
 
                 async fn agent(&self, scope: &TenantScope, did: &str) -> StoreResult<Agent> {
+                    let mut tx = self.begin_scoped(scope).await?;
                     let row: Option<AgentRow> = sqlx::query_as(sql::SELECT_AGENT)
                         .bind(scope.tenant_id())
                         .bind(did)
-                        .fetch_optional(&self.pool)
+                        .fetch_optional(&mut *tx)
                         .await?;
+                    tx.commit().await?;
                     row.map(|row| row.into_scoped().1)
                         .ok_or_else(|| StoreError::NotFound(format!("agent {did}")))
                 }
 
                 async fn agent_by_did(&self, did: &str) -> StoreResult<(TenantScope, Agent)> {
+                    let mut tx = self.begin_host().await?;
                     let row: Option<AgentRow> = sqlx::query_as(sql::SELECT_AGENT_BY_DID)
                         .bind(did)
-                        .fetch_optional(&self.pool)
+                        .fetch_optional(&mut *tx)
                         .await?;
+                    tx.commit().await?;
                     row.map(AgentRow::into_scoped)
                         .ok_or_else(|| StoreError::NotFound(format!("agent {did}")))
                 }
@@ -1003,6 +1159,7 @@ macro_rules! store_impl {
                     scope: &TenantScope,
                     connection: &Connection,
                 ) -> StoreResult<()> {
+                    let mut tx = self.begin_scoped(scope).await?;
                     sqlx::query(sql::INSERT_CONNECTION)
                         .bind(scope.tenant_id())
                         .bind(&connection.connection_id)
@@ -1014,8 +1171,9 @@ macro_rules! store_impl {
                         .bind(Json(&connection.obligations))
                         .bind(connection.expires_at_ms)
                         .bind(now_ms())
-                        .execute(&self.pool)
+                        .execute(&mut *tx)
                         .await?;
+                    tx.commit().await?;
                     Ok(())
                 }
 
@@ -1024,11 +1182,13 @@ macro_rules! store_impl {
                     scope: &TenantScope,
                     connection_id: &str,
                 ) -> StoreResult<Connection> {
+                    let mut tx = self.begin_scoped(scope).await?;
                     let row: Option<ConnectionRow> = sqlx::query_as(sql::SELECT_CONNECTION)
                         .bind(scope.tenant_id())
                         .bind(connection_id)
-                        .fetch_optional(&self.pool)
+                        .fetch_optional(&mut *tx)
                         .await?;
+                    tx.commit().await?;
                     row.ok_or_else(|| StoreError::NotFound(format!("connection {connection_id}")))?
                         .try_into()
                 }
@@ -1039,12 +1199,14 @@ macro_rules! store_impl {
                     a: &str,
                     b: &str,
                 ) -> StoreResult<Vec<Connection>> {
+                    let mut tx = self.begin_scoped(scope).await?;
                     let rows: Vec<ConnectionRow> = sqlx::query_as(sql::SELECT_ACTIVE_BETWEEN)
                         .bind(scope.tenant_id())
                         .bind(a)
                         .bind(b)
-                        .fetch_all(&self.pool)
+                        .fetch_all(&mut *tx)
                         .await?;
+                    tx.commit().await?;
                     rows.into_iter().map(Connection::try_from).collect()
                 }
 
@@ -1055,14 +1217,16 @@ macro_rules! store_impl {
                     kind: &str,
                     id: &str,
                 ) -> StoreResult<()> {
+                    let mut tx = self.begin_scoped(scope).await?;
                     sqlx::query(sql::INSERT_REVOCATION)
                         .bind(scope.tenant_id())
                         .bind(agent_did)
                         .bind(kind)
                         .bind(id)
                         .bind(now_ms())
-                        .execute(&self.pool)
+                        .execute(&mut *tx)
                         .await?;
+                    tx.commit().await?;
                     Ok(())
                 }
 
@@ -1073,13 +1237,15 @@ macro_rules! store_impl {
                     kind: &str,
                     id: &str,
                 ) -> StoreResult<bool> {
+                    let mut tx = self.begin_scoped(scope).await?;
                     let found = sqlx::query(sql::SELECT_REVOCATION)
                         .bind(scope.tenant_id())
                         .bind(agent_did)
                         .bind(kind)
                         .bind(id)
-                        .fetch_optional(&self.pool)
+                        .fetch_optional(&mut *tx)
                         .await?;
+                    tx.commit().await?;
                     Ok(found.is_some())
                 }
 
@@ -1099,11 +1265,17 @@ macro_rules! store_impl {
                     period: &str,
                     cap: Option<u64>,
                 ) -> StoreResult<Option<u64>> {
-                    Self::count_usage(&self.pool, scope, period, cap).await
+                    let mut tx = self.begin_scoped(scope).await?;
+                    let counted = Self::count_usage(&mut *tx, scope, period, cap).await?;
+                    tx.commit().await?;
+                    Ok(counted)
                 }
 
                 async fn usage(&self, scope: &TenantScope, period: &str) -> StoreResult<u64> {
-                    Self::read_usage(&self.pool, scope, period).await
+                    let mut tx = self.begin_scoped(scope).await?;
+                    let used = Self::read_usage(&mut *tx, scope, period).await?;
+                    tx.commit().await?;
+                    Ok(used)
                 }
 
                 async fn append_audit(
@@ -1116,7 +1288,7 @@ macro_rules! store_impl {
                 ) -> StoreResult<AuditEntry> {
                     // The chain's lock first, then the head: no other writer can append in
                     // between. Released at commit or rollback.
-                    let mut tx = self.begin_write().await?;
+                    let mut tx = self.begin_write(scope).await?;
                     Self::lock_chain(&mut tx, &chain_key(scope, agent_did, connection_id)).await?;
                     let head = Self::chain_head(&mut *tx, scope, agent_did, connection_id).await?;
                     let next = AuditEntry::next(head.as_ref(), entry)?;
@@ -1132,12 +1304,14 @@ macro_rules! store_impl {
                     agent_did: &str,
                     connection_id: &str,
                 ) -> StoreResult<Vec<AuditEntry>> {
+                    let mut tx = self.begin_scoped(scope).await?;
                     let rows: Vec<AuditRow> = sqlx::query_as(sql::SELECT_CHAIN)
                         .bind(scope.tenant_id())
                         .bind(agent_did)
                         .bind(connection_id)
-                        .fetch_all(&self.pool)
+                        .fetch_all(&mut *tx)
                         .await?;
+                    tx.commit().await?;
                     rows.into_iter().map(AuditEntry::try_from).collect()
                 }
 
@@ -1146,7 +1320,10 @@ macro_rules! store_impl {
                     scope: &TenantScope,
                     message: &NewMessage,
                 ) -> StoreResult<()> {
-                    Self::insert_message(&self.pool, scope, message).await
+                    let mut tx = self.begin_scoped(scope).await?;
+                    Self::insert_message(&mut *tx, scope, message).await?;
+                    tx.commit().await?;
+                    Ok(())
                 }
 
                 async fn message_status(
@@ -1154,11 +1331,13 @@ macro_rules! store_impl {
                     scope: &TenantScope,
                     id: &str,
                 ) -> StoreResult<String> {
+                    let mut tx = self.begin_scoped(scope).await?;
                     let status: Option<String> = sqlx::query_scalar(sql::SELECT_MESSAGE_STATUS)
                         .bind(scope.tenant_id())
                         .bind(id)
-                        .fetch_optional(&self.pool)
+                        .fetch_optional(&mut *tx)
                         .await?;
+                    tx.commit().await?;
                     status.ok_or_else(|| StoreError::NotFound(format!("message {id}")))
                 }
 
@@ -1168,13 +1347,15 @@ macro_rules! store_impl {
                     digest: &str,
                     bytes: &[u8],
                 ) -> StoreResult<()> {
+                    let mut tx = self.begin_scoped(scope).await?;
                     sqlx::query(sql::INSERT_POLICY_VERSION)
                         .bind(scope.tenant_id())
                         .bind(digest)
                         .bind(bytes)
                         .bind(now_ms())
-                        .execute(&self.pool)
+                        .execute(&mut *tx)
                         .await?;
+                    tx.commit().await?;
                     Ok(())
                 }
 
@@ -1183,11 +1364,13 @@ macro_rules! store_impl {
                     scope: &TenantScope,
                     digest: &str,
                 ) -> StoreResult<()> {
+                    let mut tx = self.begin_scoped(scope).await?;
                     let done = sqlx::query(sql::ACTIVATE_POLICY)
                         .bind(scope.tenant_id())
                         .bind(digest)
-                        .execute(&self.pool)
+                        .execute(&mut *tx)
                         .await?;
+                    tx.commit().await?;
                     if done.rows_affected() == 0 {
                         return Err(StoreError::NotFound(format!("policy version {digest}")));
                     }
@@ -1198,10 +1381,13 @@ macro_rules! store_impl {
                     &self,
                     scope: &TenantScope,
                 ) -> StoreResult<Option<String>> {
-                    Ok(sqlx::query_scalar(sql::SELECT_ACTIVE_POLICY_DIGEST)
+                    let mut tx = self.begin_scoped(scope).await?;
+                    let digest = sqlx::query_scalar(sql::SELECT_ACTIVE_POLICY_DIGEST)
                         .bind(scope.tenant_id())
-                        .fetch_optional(&self.pool)
-                        .await?)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    Ok(digest)
                 }
 
                 async fn policy_bytes(
@@ -1209,12 +1395,232 @@ macro_rules! store_impl {
                     scope: &TenantScope,
                     digest: &str,
                 ) -> StoreResult<Vec<u8>> {
+                    let mut tx = self.begin_scoped(scope).await?;
                     let bytes: Option<Vec<u8>> = sqlx::query_scalar(sql::SELECT_POLICY_BYTES)
                         .bind(scope.tenant_id())
                         .bind(digest)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    bytes.ok_or_else(|| StoreError::NotFound(format!("policy version {digest}")))
+                }
+
+                // ---- Tenant administration (issue #5, the admin API) ----
+
+                async fn tenants(&self) -> StoreResult<Vec<Tenant>> {
+                    let rows: Vec<TenantRow> = sqlx::query_as(sql::SELECT_TENANTS)
+                        .fetch_all(&self.pool)
+                        .await?;
+                    let mut tenants = rows
+                        .into_iter()
+                        .map(Tenant::try_from)
+                        .collect::<StoreResult<Vec<_>>>()?;
+                    tenants.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+                    Ok(tenants)
+                }
+
+                async fn set_plan(&self, scope: &TenantScope, plan: Plan) -> StoreResult<()> {
+                    sqlx::query(sql::UPDATE_PLAN)
+                        .bind(scope.tenant_id())
+                        .bind(plan.as_str())
+                        .execute(&self.pool)
+                        .await?;
+                    Ok(())
+                }
+
+                async fn tenant_limits(&self, scope: &TenantScope) -> StoreResult<TenantLimits> {
+                    let row: Option<TenantLimitsRow> = sqlx::query_as(sql::SELECT_TENANT_LIMITS)
+                        .bind(scope.tenant_id())
                         .fetch_optional(&self.pool)
                         .await?;
-                    bytes.ok_or_else(|| StoreError::NotFound(format!("policy version {digest}")))
+                    row.ok_or_else(|| {
+                        StoreError::NotFound(format!("tenant {}", scope.tenant_id()))
+                    })?
+                    .try_into()
+                }
+
+                async fn set_tenant_limits(
+                    &self,
+                    scope: &TenantScope,
+                    limits: &TenantLimits,
+                ) -> StoreResult<()> {
+                    let write =
+                        |value: Option<u64>, what: &str| value.map(|v| to_i64(v, what)).transpose();
+                    sqlx::query(sql::UPDATE_TENANT_LIMITS)
+                        .bind(scope.tenant_id())
+                        .bind(write(limits.fuel, "fuel")?)
+                        .bind(write(limits.deadline_ms, "deadline_ms")?)
+                        .bind(write(limits.memory_bytes, "memory_bytes")?)
+                        .bind(limits.concurrency.map(i64::from))
+                        .execute(&self.pool)
+                        .await?;
+                    Ok(())
+                }
+
+                async fn create_api_key(
+                    &self,
+                    scope: &TenantScope,
+                    key_id: &str,
+                    key_sha256: &str,
+                    label: Option<&str>,
+                ) -> StoreResult<()> {
+                    let mut tx = self.begin_scoped(scope).await?;
+                    sqlx::query(sql::INSERT_API_KEY)
+                        .bind(scope.tenant_id())
+                        .bind(key_id)
+                        .bind(key_sha256)
+                        .bind(label)
+                        .bind(now_ms())
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    Ok(())
+                }
+
+                async fn api_keys(&self, scope: &TenantScope) -> StoreResult<Vec<ApiKey>> {
+                    let mut tx = self.begin_scoped(scope).await?;
+                    let rows: Vec<ApiKeyRow> = sqlx::query_as(sql::SELECT_API_KEYS)
+                        .bind(scope.tenant_id())
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    Ok(rows.into_iter().map(ApiKey::from).collect())
+                }
+
+                async fn revoke_api_key(
+                    &self,
+                    scope: &TenantScope,
+                    key_id: &str,
+                ) -> StoreResult<()> {
+                    let mut tx = self.begin_scoped(scope).await?;
+                    let done = sqlx::query(sql::REVOKE_API_KEY)
+                        .bind(scope.tenant_id())
+                        .bind(key_id)
+                        .bind(now_ms())
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    if done.rows_affected() == 0 {
+                        return Err(StoreError::NotFound(format!("api key {key_id}")));
+                    }
+                    Ok(())
+                }
+
+                async fn tenant_by_api_key(&self, key_sha256: &str) -> StoreResult<TenantScope> {
+                    let mut tx = self.begin_host().await?;
+                    let tenant: Option<String> = sqlx::query_scalar(sql::SELECT_TENANT_BY_KEY)
+                        .bind(key_sha256)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    tenant
+                        .map(TenantScope::looked_up)
+                        .ok_or_else(|| StoreError::NotFound("api key".into()))
+                }
+
+                async fn agents(&self, scope: &TenantScope) -> StoreResult<Vec<Agent>> {
+                    let mut tx = self.begin_scoped(scope).await?;
+                    let rows: Vec<AgentRow> = sqlx::query_as(sql::SELECT_AGENTS)
+                        .bind(scope.tenant_id())
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    let mut agents: Vec<Agent> =
+                        rows.into_iter().map(|row| row.into_scoped().1).collect();
+                    agents.sort_unstable_by(|a, b| a.did.cmp(&b.did));
+                    Ok(agents)
+                }
+
+                async fn connections(&self, scope: &TenantScope) -> StoreResult<Vec<Connection>> {
+                    let mut tx = self.begin_scoped(scope).await?;
+                    let rows: Vec<ConnectionRow> = sqlx::query_as(sql::SELECT_CONNECTIONS)
+                        .bind(scope.tenant_id())
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    let mut connections = rows
+                        .into_iter()
+                        .map(Connection::try_from)
+                        .collect::<StoreResult<Vec<_>>>()?;
+                    connections.sort_unstable_by(|a, b| a.connection_id.cmp(&b.connection_id));
+                    Ok(connections)
+                }
+
+                async fn policy_versions(
+                    &self,
+                    scope: &TenantScope,
+                ) -> StoreResult<Vec<PolicyVersion>> {
+                    let mut tx = self.begin_scoped(scope).await?;
+                    let rows: Vec<PolicyVersionRow> = sqlx::query_as(sql::SELECT_POLICY_VERSIONS)
+                        .bind(scope.tenant_id())
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    rows.into_iter().map(PolicyVersion::try_from).collect()
+                }
+
+                async fn transition_connection(
+                    &self,
+                    scope: &TenantScope,
+                    connection_id: &str,
+                    from: &[ConnectionStatus],
+                    to: ConnectionStatus,
+                    entry: NewAuditEntry,
+                ) -> StoreResult<(Connection, AuditEntry)> {
+                    let mut tx = self.begin_write(scope).await?;
+                    let row: Option<ConnectionRow> = sqlx::query_as(sql::SELECT_CONNECTION)
+                        .bind(scope.tenant_id())
+                        .bind(connection_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    let connection = Connection::try_from(row.ok_or_else(|| {
+                        StoreError::NotFound(format!("connection {connection_id}"))
+                    })?)?;
+                    if !from.contains(&connection.status) {
+                        return Err(StoreError::Conflict(format!(
+                            "connection {connection_id} is {}",
+                            connection.status.as_str()
+                        )));
+                    }
+                    // Only from the status just read: a concurrent change makes this a
+                    // conflict instead of a lost update.
+                    let done = sqlx::query(sql::UPDATE_CONNECTION_STATUS)
+                        .bind(scope.tenant_id())
+                        .bind(connection_id)
+                        .bind(to.as_str())
+                        .bind(connection.status.as_str())
+                        .execute(&mut *tx)
+                        .await?;
+                    if done.rows_affected() != 1 {
+                        return Err(StoreError::Conflict(format!(
+                            "connection {connection_id} changed meanwhile"
+                        )));
+                    }
+                    if to == ConnectionStatus::Revoked {
+                        sqlx::query(sql::INSERT_REVOCATION)
+                            .bind(scope.tenant_id())
+                            .bind(&connection.agent_did)
+                            .bind(REVOKED_CONNECTION)
+                            .bind(connection_id)
+                            .bind(now_ms())
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    let agent_did = connection.agent_did.clone();
+                    Self::lock_chain(&mut tx, &chain_key(scope, &agent_did, connection_id)).await?;
+                    let head = Self::chain_head(&mut *tx, scope, &agent_did, connection_id).await?;
+                    let next = AuditEntry::next(head.as_ref(), entry)?;
+                    Self::insert_audit(
+                        &mut *tx,
+                        scope,
+                        &agent_did,
+                        connection_id,
+                        &next,
+                        &AuditExtra::default(),
+                    )
+                    .await?;
+                    tx.commit().await?;
+                    Ok((connection, next))
                 }
 
                 async fn record_inbound(
@@ -1231,7 +1637,7 @@ macro_rules! store_impl {
                         extra,
                         allow,
                     } = record;
-                    let mut tx = self.begin_write().await?;
+                    let mut tx = self.begin_write(scope).await?;
                     // (1) The replay guard: a replay ends here, the transaction rolled back
                     // when dropped.
                     if !Self::insert_replay(&mut *tx, &signer_did, &msg_id).await? {
@@ -1282,9 +1688,11 @@ macro_rules! store_impl {
                 }
 
                 async fn queue_depth(&self) -> StoreResult<u64> {
+                    let mut tx = self.begin_host().await?;
                     let depth: i64 = sqlx::query_scalar(sql::QUEUE_DEPTH)
-                        .fetch_one(&self.pool)
+                        .fetch_one(&mut *tx)
                         .await?;
+                    tx.commit().await?;
                     to_u64(depth, "queue depth")
                 }
 
@@ -1293,11 +1701,13 @@ macro_rules! store_impl {
                     scope: &TenantScope,
                     agent_did: &str,
                 ) -> StoreResult<Vec<Revocation>> {
+                    let mut tx = self.begin_scoped(scope).await?;
                     let rows: Vec<RevocationRow> = sqlx::query_as(sql::SELECT_REVOCATIONS)
                         .bind(scope.tenant_id())
                         .bind(agent_did)
-                        .fetch_all(&self.pool)
+                        .fetch_all(&mut *tx)
                         .await?;
+                    tx.commit().await?;
                     Ok(rows.into_iter().map(Revocation::from).collect())
                 }
 
@@ -1308,14 +1718,16 @@ macro_rules! store_impl {
                     offset: u32,
                     limit: u32,
                 ) -> StoreResult<Vec<QueuedMessage>> {
+                    let mut tx = self.begin_scoped(scope).await?;
                     let rows: Vec<QueuedMessageRow> = sqlx::query_as(sql::SELECT_DELIVERABLE)
                         .bind(scope.tenant_id())
                         .bind(agent_did)
                         .bind(now_ms())
                         .bind(i64::from(limit))
                         .bind(i64::from(offset))
-                        .fetch_all(&self.pool)
+                        .fetch_all(&mut *tx)
                         .await?;
+                    tx.commit().await?;
                     rows.into_iter().map(QueuedMessage::try_from).collect()
                 }
 
@@ -1324,21 +1736,25 @@ macro_rules! store_impl {
                     scope: &TenantScope,
                     agent_did: &str,
                 ) -> StoreResult<u64> {
+                    let mut tx = self.begin_scoped(scope).await?;
                     let count: i64 = sqlx::query_scalar(sql::COUNT_DELIVERABLE)
                         .bind(scope.tenant_id())
                         .bind(agent_did)
                         .bind(now_ms())
-                        .fetch_one(&self.pool)
+                        .fetch_one(&mut *tx)
                         .await?;
+                    tx.commit().await?;
                     to_u64(count, "deliverable count")
                 }
 
                 async fn count_attempt(&self, scope: &TenantScope, id: &str) -> StoreResult<()> {
+                    let mut tx = self.begin_scoped(scope).await?;
                     sqlx::query(sql::COUNT_ATTEMPT)
                         .bind(scope.tenant_id())
                         .bind(id)
-                        .execute(&self.pool)
+                        .execute(&mut *tx)
                         .await?;
+                    tx.commit().await?;
                     Ok(())
                 }
 
@@ -1348,20 +1764,24 @@ macro_rules! store_impl {
                     agent_did: &str,
                     id: &str,
                 ) -> StoreResult<bool> {
+                    let mut tx = self.begin_scoped(scope).await?;
                     let done = sqlx::query(sql::ACK_MESSAGE)
                         .bind(scope.tenant_id())
                         .bind(agent_did)
                         .bind(id)
-                        .execute(&self.pool)
+                        .execute(&mut *tx)
                         .await?;
+                    tx.commit().await?;
                     Ok(done.rows_affected() == 1)
                 }
 
                 async fn expire_messages(&self, now_ms: i64) -> StoreResult<u64> {
+                    let mut tx = self.begin_maintenance().await?;
                     let done = sqlx::query(sql::EXPIRE_MESSAGES)
                         .bind(now_ms)
-                        .execute(&self.pool)
+                        .execute(&mut *tx)
                         .await?;
+                    tx.commit().await?;
                     Ok(done.rows_affected())
                 }
 
@@ -1370,30 +1790,14 @@ macro_rules! store_impl {
                     scope: &TenantScope,
                     agent_did: &str,
                 ) -> StoreResult<Vec<Connection>> {
+                    let mut tx = self.begin_scoped(scope).await?;
                     let rows: Vec<ConnectionRow> = sqlx::query_as(sql::SELECT_AGENT_CONNECTIONS)
                         .bind(scope.tenant_id())
                         .bind(agent_did)
-                        .fetch_all(&self.pool)
+                        .fetch_all(&mut *tx)
                         .await?;
+                    tx.commit().await?;
                     rows.into_iter().map(Connection::try_from).collect()
-                }
-
-                async fn set_connection_status(
-                    &self,
-                    scope: &TenantScope,
-                    connection_id: &str,
-                    status: ConnectionStatus,
-                ) -> StoreResult<()> {
-                    let done = sqlx::query(sql::SET_CONNECTION_STATUS)
-                        .bind(scope.tenant_id())
-                        .bind(connection_id)
-                        .bind(status.as_str())
-                        .execute(&self.pool)
-                        .await?;
-                    if done.rows_affected() == 0 {
-                        return Err(StoreError::NotFound(format!("connection {connection_id}")));
-                    }
-                    Ok(())
                 }
 
                 async fn notify_hosts(&self, event: &str) -> StoreResult<()> {
@@ -1410,11 +1814,13 @@ macro_rules! store_impl {
                     &self,
                     scope: &TenantScope,
                 ) -> StoreResult<Vec<(String, String)>> {
+                    let mut tx = self.begin_scoped(scope).await?;
                     let mut chains: Vec<(String, String)> =
                         sqlx::query_as(sql::SELECT_AUDIT_CHAINS)
                             .bind(scope.tenant_id())
-                            .fetch_all(&self.pool)
+                            .fetch_all(&mut *tx)
                             .await?;
+                    tx.commit().await?;
                     // Sorted here, by bytes: a Postgres collation may order text otherwise.
                     chains.sort_unstable();
                     Ok(chains)
@@ -1517,8 +1923,6 @@ mod sql {
     pub(super) const SELECT_AGENT_CONNECTIONS: &str = "SELECT connection_id, agent_did, \
          peer_did, status, token_json, cedar_policies, obligations, expires_at \
          FROM connections WHERE tenant_id = $1 AND agent_did = $2 ORDER BY connection_id";
-    pub(super) const SET_CONNECTION_STATUS: &str = "UPDATE connections SET status = $3 \
-         WHERE tenant_id = $1 AND connection_id = $2";
     pub(super) const QUEUE_DEPTH: &str = "SELECT COUNT(*) FROM messages WHERE status = 'queued'";
 
     pub(super) const INSERT_POLICY_VERSION: &str = "INSERT INTO policy_versions (tenant_id, \
@@ -1532,7 +1936,46 @@ mod sql {
     pub(super) const SELECT_POLICY_BYTES: &str =
         "SELECT bytes FROM policy_versions WHERE tenant_id = $1 AND digest = $2";
 
+    // ---- Tenant administration (issue #5, the admin API) ----
+
+    pub(super) const SELECT_TENANTS: &str = "SELECT id, plan, created_at FROM tenants";
+    pub(super) const UPDATE_PLAN: &str = "UPDATE tenants SET plan = $2 WHERE id = $1";
+    pub(super) const SELECT_TENANT_LIMITS: &str = "SELECT limit_fuel, limit_deadline_ms, \
+         limit_memory_bytes, limit_concurrency FROM tenants WHERE id = $1";
+    pub(super) const UPDATE_TENANT_LIMITS: &str = "UPDATE tenants SET limit_fuel = $2, \
+         limit_deadline_ms = $3, limit_memory_bytes = $4, limit_concurrency = $5 WHERE id = $1";
+    pub(super) const INSERT_API_KEY: &str = "INSERT INTO api_keys (tenant_id, id, key_sha256, \
+         label, created_at) VALUES ($1, $2, $3, $4, $5)";
+    pub(super) const SELECT_API_KEYS: &str = "SELECT id, label, created_at, revoked_at \
+         FROM api_keys WHERE tenant_id = $1 ORDER BY created_at, id";
+    pub(super) const REVOKE_API_KEY: &str = "UPDATE api_keys \
+         SET revoked_at = COALESCE(revoked_at, $3) WHERE tenant_id = $1 AND id = $2";
+    pub(super) const SELECT_TENANT_BY_KEY: &str =
+        "SELECT tenant_id FROM api_keys WHERE key_sha256 = $1 AND revoked_at IS NULL";
+    pub(super) const SELECT_AGENTS: &str = "SELECT tenant_id, did, public_key_multibase, \
+         did_document, agent_card, arp_json FROM agents WHERE tenant_id = $1";
+    pub(super) const SELECT_CONNECTIONS: &str = "SELECT connection_id, agent_did, peer_did, \
+         status, token_json, cedar_policies, obligations, expires_at FROM connections \
+         WHERE tenant_id = $1";
+    /// `length` of a blob / bytea is its size in bytes on both backends.
+    pub(super) const SELECT_POLICY_VERSIONS: &str = "SELECT digest, \
+         CAST(length(bytes) AS BIGINT) AS size_bytes, created_at FROM policy_versions \
+         WHERE tenant_id = $1 ORDER BY created_at, digest";
+    pub(super) const UPDATE_CONNECTION_STATUS: &str = "UPDATE connections SET status = $3 \
+         WHERE tenant_id = $1 AND connection_id = $2 AND status = $4";
+
     pub(super) const PING: &str = "SELECT 1";
+
+    /// Postgres only (row-level security, migration 0003): the role of every pooled
+    /// connection, which owns no table, so the policies apply to it.
+    pub(super) const SET_APP_ROLE: &str = "SET ROLE arp_app";
+    /// Postgres only: the tenant of the current transaction.
+    pub(super) const SET_TENANT: &str = "SELECT set_config('arp.tenant_id', $1, true)";
+    /// Postgres only: a host-wide read in the current transaction.
+    pub(super) const SET_HOST_SCOPE: &str = "SELECT set_config('arp.scope', 'host', true)";
+    /// Postgres only: host-wide queue upkeep in the current transaction.
+    pub(super) const SET_MAINTENANCE_SCOPE: &str =
+        "SELECT set_config('arp.scope', 'maintenance', true)";
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use super::{StoreError, StoreResult};
+use super::{StoreError, StoreResult, TenantScope};
 
 /// How long a writer waits for another writer before failing with `Unavailable`: long
 /// enough to ride out a burst of appends, short enough that a wedged writer shows.
@@ -77,8 +77,30 @@ impl SqliteStore {
 
     /// A transaction that will write: `BEGIN IMMEDIATE` takes the database's write lock
     /// before anything is read, so every read in it sees the latest committed state.
-    async fn begin_write(&self) -> StoreResult<sqlx::Transaction<'static, Sqlite>> {
+    async fn begin_write(
+        &self,
+        _scope: &TenantScope,
+    ) -> StoreResult<sqlx::Transaction<'static, Sqlite>> {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    /// A transaction for one tenant-scoped operation (SQLite has no row-level security:
+    /// the scope is in every query's `WHERE`).
+    async fn begin_scoped(
+        &self,
+        _scope: &TenantScope,
+    ) -> StoreResult<sqlx::Transaction<'static, Sqlite>> {
+        Ok(self.pool.begin().await?)
+    }
+
+    /// A transaction for a host-wide read.
+    async fn begin_host(&self) -> StoreResult<sqlx::Transaction<'static, Sqlite>> {
+        Ok(self.pool.begin().await?)
+    }
+
+    /// A transaction for host-wide queue upkeep.
+    async fn begin_maintenance(&self) -> StoreResult<sqlx::Transaction<'static, Sqlite>> {
+        Ok(self.pool.begin().await?)
     }
 
     /// Nothing to do: the write lock of [`Self::begin_write`] covers every chain.
