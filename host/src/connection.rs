@@ -53,6 +53,11 @@ impl LookupError {
     }
 }
 
+/// The connection id an envelope body names, if any.
+pub fn named_in(body: &Map<String, Value>) -> Option<&str> {
+    body.get("connection_id").and_then(Value::as_str)
+}
+
 /// Finds the connection of an envelope from `signer` to the hosted agent `target`:
 /// `body.connection_id` if it names a connection of the tenant, otherwise the unique
 /// active connection between the two in either orientation.
@@ -67,7 +72,7 @@ pub async fn find(
     signer: &str,
     body: &Map<String, Value>,
 ) -> Result<Connection, LookupError> {
-    let named = body.get("connection_id").and_then(Value::as_str);
+    let named = named_in(body);
     let named_connection = match named {
         Some(id) => match store.connection(scope, id).await {
             Ok(connection) => Some(connection),

@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use crate::audit::{AuditDecision, NewAuditEntry, format_timestamp};
 use crate::clock::now_ms;
 use crate::connection::{self, ConnectionToken, LookupError, StatusDenial};
+use crate::context_cache::{ContextCache, TenantContext};
 use crate::delivery::Hub;
 use crate::envelope::{self, ClaimError, EnvelopeError, VerifiedEnvelope, is_response_type};
 use crate::mapping::map_request;
@@ -153,6 +154,7 @@ pub struct Dispatcher {
     metrics: Arc<Metrics>,
     config: DispatchConfig,
     hub: Option<Arc<Hub>>,
+    cache: Arc<ContextCache>,
 }
 
 /// The verified envelope and where it goes: what the later stages need.
@@ -161,6 +163,8 @@ struct Routed {
     target: String,
     envelope: VerifiedEnvelope,
     connection: Connection,
+    /// The connection came from the cache: usable when cached, checked again at commit.
+    connection_cached: bool,
     now_ms: i64,
 }
 
@@ -184,7 +188,13 @@ impl Dispatcher {
             metrics,
             config,
             hub: None,
+            cache: Arc::new(ContextCache::default()),
         }
+    }
+
+    /// What dispatch caches (the admin API invalidates a tenant's entries on changes).
+    pub fn cache(&self) -> &Arc<ContextCache> {
+        &self.cache
     }
 
     /// Signals `hub` after each queued message, so a connected agent gets it at once.
@@ -219,15 +229,25 @@ impl Dispatcher {
     /// Handles one envelope sent to the agent `target` (a DID): a POST after routing, or
     /// an agent's `outbound_envelope`.
     pub async fn dispatch_to(&self, target: &str, compact: &str) -> Result<Outcome, DispatchError> {
-        let routed = self.route_and_verify(target.to_owned(), compact).await?;
+        let routed = self
+            .route_and_verify(target.to_owned(), compact, true)
+            .await?;
         let tenant = routed.scope.tenant_id().to_owned();
         self.metrics.inbound(&tenant);
-        let result = self.decide_and_record(routed).await;
+        let mut result = self.decide_and_record(routed).await;
+        if let Err(DispatchError::Store(StoreError::Stale)) = result {
+            // The cached connection changed under us: decide again from the store.
+            self.cache.invalidate_tenant(&tenant);
+            let routed = self
+                .route_and_verify(target.to_owned(), compact, false)
+                .await?;
+            result = self.decide_and_record(routed).await;
+        }
         match &result {
             Ok(Outcome::Queued { .. }) => {
                 self.metrics.queued(&tenant);
                 if let Some(hub) = &self.hub {
-                    hub.message_queued(target).await;
+                    hub.message_queued(target);
                 }
             }
             Ok(Outcome::Denied { reason }) => self.metrics.denied(&tenant, reason),
@@ -243,11 +263,18 @@ impl Dispatcher {
         &self,
         target: String,
         compact: &str,
+        use_cache: bool,
     ) -> Result<Routed, DispatchError> {
-        let scope = match self.store.agent_by_did(&target).await {
-            Ok((scope, _)) => scope,
-            Err(StoreError::NotFound(_)) => return Err(DispatchError::UnknownAgent),
-            Err(error) => return Err(error.into()),
+        let scope = match self.cache.route(&target) {
+            Some((scope, _)) => scope,
+            None => match self.store.agent_by_did(&target).await {
+                Ok((scope, agent)) => {
+                    self.cache.put_route(&target, &scope, &agent);
+                    scope
+                }
+                Err(StoreError::NotFound(_)) => return Err(DispatchError::UnknownAgent),
+                Err(error) => return Err(error.into()),
+            },
         };
         let parsed = envelope::parse(compact)?;
         let document = self
@@ -260,19 +287,33 @@ impl Dispatcher {
         let envelope = parsed.verify_with_document(&document)?;
         let now_ms = now_ms();
         envelope::check_claims(&envelope, &target, now_ms, self.config.clock_window)?;
-        let connection = connection::find(
-            self.store.as_ref(),
-            &scope,
-            &target,
-            &envelope.signer,
-            &envelope.payload.body,
-        )
-        .await?;
+        let named = connection::named_in(&envelope.payload.body);
+        let cached = use_cache
+            .then(|| {
+                self.cache
+                    .connection(&scope, &target, &envelope.signer, named)
+            })
+            .flatten();
+        let connection_cached = cached.is_some();
+        let connection = match cached {
+            Some(connection) => connection,
+            None => {
+                connection::find(
+                    self.store.as_ref(),
+                    &scope,
+                    &target,
+                    &envelope.signer,
+                    &envelope.payload.body,
+                )
+                .await?
+            }
+        };
         Ok(Routed {
             scope,
             target,
             envelope,
             connection,
+            connection_cached,
             now_ms,
         })
     }
@@ -283,6 +324,7 @@ impl Dispatcher {
             target,
             envelope,
             connection,
+            connection_cached,
             now_ms,
         } = routed;
         let payload = &envelope.payload;
@@ -308,20 +350,35 @@ impl Dispatcher {
                 ..AuditExtra::default()
             },
             allow: None,
+            require_usable_connection: connection_cached,
+            notify_hosts: None,
         };
 
         let denial = match connection::check_status(&connection, now_ms) {
             Err(denial) => Some(denial),
-            Ok(()) => self
-                .store
-                .is_revoked(
-                    &scope,
-                    &target,
-                    connection::REVOKED_CONNECTION,
-                    &connection.connection_id,
-                )
-                .await?
-                .then_some(StatusDenial::RevocationListed),
+            Ok(()) if connection_cached => None,
+            Ok(()) => {
+                let revoked = self
+                    .store
+                    .is_revoked(
+                        &scope,
+                        &target,
+                        connection::REVOKED_CONNECTION,
+                        &connection.connection_id,
+                    )
+                    .await?;
+                if !revoked {
+                    let named = connection::named_in(&envelope.payload.body);
+                    self.cache.put_connection(
+                        &scope,
+                        &target,
+                        &envelope.signer,
+                        named,
+                        &connection,
+                    );
+                }
+                revoked.then_some(StatusDenial::RevocationListed)
+            }
         };
         if let Some(denial) = denial {
             record.audit.reason = Some(denial.code().to_owned());
@@ -361,7 +418,11 @@ impl Dispatcher {
             record.audit.reason = (decision.reasons.first().map(String::as_str)
                 == Some(AUTO_ALLOW_RESPONSE))
             .then(|| AUTO_ALLOW_RESPONSE.to_owned());
-            let tenant = self.store.tenant(&scope).await?;
+            let tenant = self.tenant_context(&scope).await?;
+            record.notify_hosts = self
+                .hub
+                .as_ref()
+                .and_then(|hub| hub.queued_event_for(&target));
             let expires_at_ms = now_ms.saturating_add(
                 i64::try_from(self.config.message_ttl.as_millis()).unwrap_or(i64::MAX),
             );
@@ -438,7 +499,8 @@ impl Dispatcher {
         };
         request.now_ms = now_ms;
 
-        let (digest, policy) = match self.store.active_policy_digest(scope).await? {
+        let tenant = self.tenant_context(scope).await?;
+        let (digest, policy) = match tenant.active_policy {
             None => (
                 self.default_policy.digest.clone(),
                 Ok(self.default_policy.clone()),
@@ -449,7 +511,7 @@ impl Dispatcher {
             }
         };
         // The tenant's own limits (set by the operator through the admin API).
-        let tenant_limits = self.store.tenant_limits(scope).await?;
+        let tenant_limits = tenant.limits;
         let limits = tenant_limits.apply(self.config.policy_limits);
         let concurrency = tenant_limits
             .concurrency
@@ -466,6 +528,20 @@ impl Dispatcher {
         self.metrics
             .pdp_latency(scope.tenant_id(), started.elapsed());
         Ok((digest, decision))
+    }
+
+    /// The tenant's plan, limits and active policy: cached, or read from the store.
+    async fn tenant_context(&self, scope: &TenantScope) -> Result<TenantContext, DispatchError> {
+        if let Some(context) = self.cache.tenant(scope) {
+            return Ok(context);
+        }
+        let context = TenantContext {
+            plan: self.store.tenant(scope).await?.plan,
+            limits: self.store.tenant_limits(scope).await?,
+            active_policy: self.store.active_policy_digest(scope).await?,
+        };
+        self.cache.put_tenant(scope, context.clone());
+        Ok(context)
     }
 
     /// A tenant policy by digest: compiled already, or read from the store and compiled

@@ -13,6 +13,7 @@ pub mod audit;
 pub mod cli;
 pub mod clock;
 pub mod connection;
+pub mod context_cache;
 pub mod delivery;
 pub mod did;
 pub mod did_web;

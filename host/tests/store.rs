@@ -548,6 +548,8 @@ fn inbound(n: u64, allow: Option<Plan>) -> InboundRecord {
             },
         }),
         audit,
+        require_usable_connection: false,
+        notify_hosts: None,
     }
 }
 
@@ -1030,4 +1032,25 @@ async fn delivery_acks_counts_attempts_and_expires_per_agent(
         .unwrap();
     assert_eq!(store.agent_connections(&a, ALICE).await.unwrap().len(), 1);
     assert!(store.agent_connections(&b, ALICE).await.unwrap().is_empty());
+
+    // A record that relies on a cached connection is refused as stale, writing nothing,
+    // once the connection stops carrying messages.
+    let mut cached = inbound(20, Some(Plan::Team));
+    cached.connection_id = "c-a".to_owned();
+    cached.require_usable_connection = true;
+    store.record_inbound(&a, cached).await.unwrap();
+    store
+        .add_revocation(&a, ALICE, "connection", "c-a")
+        .await
+        .unwrap();
+    let mut late = inbound(21, Some(Plan::Team));
+    late.connection_id = "c-a".to_owned();
+    late.require_usable_connection = true;
+    assert!(matches!(
+        store.record_inbound(&a, late.clone()).await,
+        Err(StoreError::Stale)
+    ));
+    assert_eq!(store.audit_chain(&a, ALICE, "c-a").await.unwrap().len(), 1);
+    late.require_usable_connection = false;
+    store.record_inbound(&a, late).await.unwrap();
 }

@@ -187,15 +187,23 @@ impl Hub {
             .is_some_and(|handle| handle.signals.send(signal).is_ok())
     }
 
-    /// A message for `agent_did` was committed to the queue: wake its session, here or on
-    /// another host.
-    pub async fn message_queued(&self, agent_did: &str) {
-        if !self.signal_local(agent_did, SessionSignal::Wake) {
-            self.tell_hosts(&HostEvent::Queued {
-                agent: agent_did.to_owned(),
-            })
-            .await;
+    /// What to tell the other hosts when a message for `agent_did` commits: nothing when
+    /// its session is here, else a `queued` event (sent inside the recording transaction,
+    /// see [`crate::store::InboundRecord::notify_hosts`]).
+    pub fn queued_event_for(&self, agent_did: &str) -> Option<String> {
+        if self.sessions().contains_key(agent_did) {
+            return None;
         }
+        serde_json::to_string(&HostEvent::Queued {
+            agent: agent_did.to_owned(),
+        })
+        .ok()
+    }
+
+    /// A message for `agent_did` was committed to the queue: wake its session if it is
+    /// here (another host was told by the transaction).
+    pub fn message_queued(&self, agent_did: &str) {
+        self.signal_local(agent_did, SessionSignal::Wake);
     }
 
     /// A connection of `agent_did` was revoked or suspended (`reason`): tell its session,

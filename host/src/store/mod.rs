@@ -58,6 +58,10 @@ pub enum StoreError {
     /// This (signer, message id) was accepted before: the envelope is a replay.
     #[error("this (signer, message id) was accepted before")]
     Replayed,
+    /// The connection a record relied on is no longer usable (suspended, revoked or gone
+    /// since it was read): nothing was written.
+    #[error("the connection changed since it was read")]
+    Stale,
     /// An audit entry could not be built.
     #[error(transparent)]
     Audit(#[from] AuditError),
@@ -302,6 +306,13 @@ pub struct InboundRecord {
     /// For an allowed message: counted against the plan quota, and queued if under it.
     /// `None` for a deny.
     pub allow: Option<AllowedInbound>,
+    /// Check inside the transaction that the connection is still active and not on the
+    /// agent's revocation list (it was read from a cache): otherwise nothing is written
+    /// and the result is `Err(Stale)`.
+    pub require_usable_connection: bool,
+    /// An event to tell the other hosts when the transaction commits (Postgres `NOTIFY`
+    /// inside the transaction; ignored on SQLite).
+    pub notify_hosts: Option<String>,
 }
 
 /// The allowed part of an [`InboundRecord`]: what to count, and what to queue.
@@ -1636,8 +1647,23 @@ macro_rules! store_impl {
                         audit,
                         extra,
                         allow,
+                        require_usable_connection,
+                        notify_hosts,
                     } = record;
                     let mut tx = self.begin_write(scope).await?;
+                    // (0) A connection taken from a cache must still carry messages.
+                    if require_usable_connection {
+                        let usable = sqlx::query(sql::SELECT_USABLE_CONNECTION)
+                            .bind(scope.tenant_id())
+                            .bind(&connection_id)
+                            .bind(&agent_did)
+                            .bind($crate::connection::REVOKED_CONNECTION)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                        if usable.is_none() {
+                            return Err(StoreError::Stale);
+                        }
+                    }
                     // (1) The replay guard: a replay ends here, the transaction rolled back
                     // when dropped.
                     if !Self::insert_replay(&mut *tx, &signer_did, &msg_id).await? {
@@ -1674,6 +1700,9 @@ macro_rules! store_impl {
                         }
                         (Some(allowed), None) => {
                             Self::insert_message(&mut *tx, scope, &allowed.message).await?;
+                            if let Some(event) = &notify_hosts {
+                                Self::notify_in_transaction(&mut tx, event).await?;
+                            }
                             InboundOutcome::Queued { entry }
                         }
                         (None, None) => InboundOutcome::Denied { entry },
@@ -1903,6 +1932,11 @@ mod sql {
          connection_id, msg_id, msg_type, envelope, peer_did, obligations, policies_fired, \
          status, attempts, created_at, expires_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'queued', 0, $11, $12)";
+    /// The connection is active and its id is not on the agent's revocation list.
+    pub(super) const SELECT_USABLE_CONNECTION: &str = "SELECT 1 FROM connections c \
+         WHERE c.tenant_id = $1 AND c.connection_id = $2 AND c.status = 'active' \
+         AND NOT EXISTS (SELECT 1 FROM revocations r WHERE r.tenant_id = c.tenant_id \
+         AND r.agent_did = $3 AND r.kind = $4 AND r.id = c.connection_id)";
     pub(super) const SELECT_MESSAGE_STATUS: &str =
         "SELECT status FROM messages WHERE tenant_id = $1 AND id = $2";
     /// Arrival order: queue ids are UUIDv7, ordered by creation within a host.
@@ -1971,6 +2005,8 @@ mod sql {
     pub(super) const SET_APP_ROLE: &str = "SET ROLE arp_app";
     /// Postgres only: the tenant of the current transaction.
     pub(super) const SET_TENANT: &str = "SELECT set_config('arp.tenant_id', $1, true)";
+    /// Postgres only: tell every listening host (at commit, inside a transaction).
+    pub(super) const NOTIFY_HOSTS: &str = "SELECT pg_notify($1, $2)";
     /// Postgres only: a host-wide read in the current transaction.
     pub(super) const SET_HOST_SCOPE: &str = "SELECT set_config('arp.scope', 'host', true)";
     /// Postgres only: host-wide queue upkeep in the current transaction.

@@ -133,9 +133,22 @@ impl PostgresStore {
 const HOST_EVENTS_CHANNEL: &str = "arp_host_events";
 
 impl PostgresStore {
+    /// `NOTIFY` every host listening on this database when `tx` commits.
+    async fn notify_in_transaction(
+        tx: &mut sqlx::Transaction<'static, Postgres>,
+        event: &str,
+    ) -> StoreResult<()> {
+        sqlx::query(sql::NOTIFY_HOSTS)
+            .bind(HOST_EVENTS_CHANNEL)
+            .bind(event)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
     /// `NOTIFY` every host listening on this database.
     async fn notify_hosts_impl(&self, event: &str) -> StoreResult<()> {
-        sqlx::query("SELECT pg_notify($1, $2)")
+        sqlx::query(sql::NOTIFY_HOSTS)
             .bind(HOST_EVENTS_CHANNEL)
             .bind(event)
             .execute(&self.pool)

@@ -114,6 +114,14 @@ impl SqliteStore {
 
 impl SqliteStore {
     /// Nothing to tell: one host owns a SQLite file.
+    async fn notify_in_transaction(
+        _tx: &mut sqlx::Transaction<'static, Sqlite>,
+        _event: &str,
+    ) -> StoreResult<()> {
+        Ok(())
+    }
+
+    /// Nothing to tell: one host owns a SQLite file.
     async fn notify_hosts_impl(&self, _event: &str) -> StoreResult<()> {
         Ok(())
     }

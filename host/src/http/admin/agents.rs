@@ -153,6 +153,11 @@ pub async fn create_connection(
         .create_connection(&scope, &connection)
         .await
         .map_err(|error| store_error(error, "unknown_tenant", "connection_exists"))?;
+    // Dispatch on this host sees the change at once (other hosts within a second).
+    state
+        .dispatcher
+        .cache()
+        .invalidate_tenant(scope.tenant_id());
     Ok(reply(
         StatusCode::CREATED,
         json!({"connection": connection_json(&connection)}),
@@ -278,6 +283,11 @@ async fn owner_action(
         .transition_connection(&scope, &connection_id, from, to, entry)
         .await
         .map_err(|error| store_error(error, "unknown_connection", "invalid_transition"))?;
+    // Dispatch on this host sees the change at once (other hosts within a second).
+    state
+        .dispatcher
+        .cache()
+        .invalidate_tenant(scope.tenant_id());
     announce_connection_change(
         &state,
         &scope,

@@ -291,6 +291,11 @@ pub async fn activate(
         .activate_policy(&scope, &digest)
         .await
         .map_err(|error| store_error(error, "unknown_policy_version", "conflict"))?;
+    // Dispatch on this host sees the change at once (other hosts within a second).
+    state
+        .dispatcher
+        .cache()
+        .invalidate_tenant(scope.tenant_id());
     tracing::info!(
         tenantId = scope.tenant_id(),
         digest,

@@ -158,6 +158,11 @@ pub async fn set_plan(
         .set_plan(&scope, plan)
         .await
         .map_err(|error| store_error(error, "unknown_tenant", "conflict"))?;
+    // Dispatch on this host sees the change at once (other hosts within a second).
+    state
+        .dispatcher
+        .cache()
+        .invalidate_tenant(scope.tenant_id());
     Ok(reply(
         StatusCode::OK,
         json!({"tenant": scope.tenant_id(), "plan": plan.as_str()}),
@@ -243,6 +248,11 @@ pub async fn set_limits(
         .set_tenant_limits(&scope, &limits)
         .await
         .map_err(|error| store_error(error, "unknown_tenant", "conflict"))?;
+    // Dispatch on this host sees the change at once (other hosts within a second).
+    state
+        .dispatcher
+        .cache()
+        .invalidate_tenant(scope.tenant_id());
     Ok(reply(
         StatusCode::OK,
         json!({"tenant": scope.tenant_id(), "limits": limits_json(&limits)}),
