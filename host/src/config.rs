@@ -359,6 +359,53 @@ mod tests {
         assert!(error.contains("ack-timeout-ms") || error.contains("line 1"), "{error}");
     }
 
+    /// Every key of the file is an argument of `serve` and of `config check` (else it
+    /// would be skipped), and a file value reaches the parsed settings.
+    #[test]
+    fn every_key_is_a_serve_argument_and_becomes_its_default() {
+        use clap::{CommandFactory as _, FromArgMatches as _};
+        let full = FileConfig {
+            listen: Some("127.0.0.1:9999".parse().unwrap()),
+            data_dir: Some("/srv/arp".into()),
+            database_url: Some("sqlite:/srv/arp/x.db".into()),
+            operator_token: Some("t".into()),
+            clock_window_secs: Some(7),
+            body_limit: Some(8),
+            log_format: Some(LogFormatName::Text),
+            metrics_log_samples: Some(true),
+            did_web_timeout_ms: Some(9),
+            did_web_connect_to: Some("127.0.0.1:443".parse().unwrap()),
+            did_web_ca_file: Some("/ca.pem".into()),
+            ack_timeout_ms: Some(10),
+            ping_interval_ms: Some(11),
+            message_ttl_secs: Some(12),
+            expiry_interval_secs: Some(13),
+            rescan_interval_ms: Some(14),
+        };
+        let defaults = full.defaults();
+        assert_eq!(defaults.len(), 16);
+        let command = crate::cli::Cli::command();
+        for path in [&["serve"][..], &["config", "check"][..]] {
+            let mut sub = command.clone();
+            for name in path {
+                sub = sub.find_subcommand(name).unwrap().clone();
+            }
+            for (id, _) in &defaults {
+                assert!(
+                    sub.get_arguments().any(|arg| arg.get_id() == id.as_str()),
+                    "{id} is not an argument of {path:?}"
+                );
+            }
+        }
+        let command = apply_defaults(crate::cli::Cli::command(), &defaults);
+        let matches = command.try_get_matches_from(["arp-host", "serve"]).unwrap();
+        let cli = crate::cli::Cli::from_arg_matches(&matches).unwrap();
+        let crate::cli::Command::Serve(args) = cli.command else {
+            panic!("not serve");
+        };
+        assert_eq!(FileConfig::from_serve(&args), full);
+    }
+
     #[test]
     fn passwords_are_redacted() {
         assert_eq!(

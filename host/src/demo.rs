@@ -112,13 +112,13 @@ async fn demo(args: &DemoArgs, data_dir: &std::path::Path) -> Result<ExitCode, C
     let serve = ServeOnly::try_parse_from([
         "arp-host-demo",
         "--listen",
-        &listen,
+        listen.as_str(),
         "--data-dir",
-        &data_dir_text,
+        data_dir_text.as_str(),
         "--database-url",
-        &database_url,
+        database_url.as_str(),
         "--operator-token",
-        &operator_token,
+        operator_token.as_str(),
         "--log-format",
         "text",
     ])
