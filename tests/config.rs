@@ -40,16 +40,35 @@ fn flag_beats_environment_beats_file_beats_default() {
     .unwrap();
     let output = run(
         dir.path(),
-        &["config", "check", "--config", "custom.toml", "--ack-timeout-ms", "33"],
-        &[("ARP_CLOCK_WINDOW_SECS", "22"), ("ARP_ACK_TIMEOUT_MS", "44")],
+        &[
+            "config",
+            "check",
+            "--config",
+            "custom.toml",
+            "--ack-timeout-ms",
+            "33",
+        ],
+        &[
+            ("ARP_CLOCK_WINDOW_SECS", "22"),
+            ("ARP_ACK_TIMEOUT_MS", "44"),
+        ],
     );
     let text = stdout(&output);
     assert!(output.status.success(), "{text}\n{}", stderr(&output));
     assert!(text.contains("# configuration file: custom.toml"), "{text}");
     assert!(text.contains("listen = \"127.0.0.1:7001\""), "file: {text}");
-    assert!(text.contains("clock-window-secs = 22"), "env over file: {text}");
-    assert!(text.contains("ack-timeout-ms = 33"), "flag over env: {text}");
-    assert!(text.contains("message-ttl-secs = 604800"), "default: {text}");
+    assert!(
+        text.contains("clock-window-secs = 22"),
+        "env over file: {text}"
+    );
+    assert!(
+        text.contains("ack-timeout-ms = 33"),
+        "flag over env: {text}"
+    );
+    assert!(
+        text.contains("message-ttl-secs = 604800"),
+        "default: {text}"
+    );
     assert!(text.contains("# ok"), "{text}");
 }
 
@@ -71,13 +90,28 @@ fn the_default_file_is_read_when_present_and_applies_to_serve() {
     let output = run(dir.path(), &["config", "check"], &[]);
     let text = stdout(&output);
     assert!(output.status.success(), "{text}");
-    assert!(text.contains("# configuration file: arp-host.toml"), "{text}");
+    assert!(
+        text.contains("# configuration file: arp-host.toml"),
+        "{text}"
+    );
     assert!(text.contains("listen = \"127.0.0.1:7002\""), "{text}");
     assert!(text.contains("log-format = \"text\""), "{text}");
     // ARP_CONFIG names another file.
-    std::fs::write(dir.path().join("other.toml"), "listen = \"127.0.0.1:7003\"\n").unwrap();
-    let output = run(dir.path(), &["config", "check"], &[("ARP_CONFIG", "other.toml")]);
-    assert!(stdout(&output).contains("listen = \"127.0.0.1:7003\""), "{}", stdout(&output));
+    std::fs::write(
+        dir.path().join("other.toml"),
+        "listen = \"127.0.0.1:7003\"\n",
+    )
+    .unwrap();
+    let output = run(
+        dir.path(),
+        &["config", "check"],
+        &[("ARP_CONFIG", "other.toml")],
+    );
+    assert!(
+        stdout(&output).contains("listen = \"127.0.0.1:7003\""),
+        "{}",
+        stdout(&output)
+    );
 }
 
 #[test]
@@ -113,7 +147,11 @@ fn bad_values_are_refused_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
     let refused = |file_text: &str, needles: &[&str]| {
         std::fs::write(dir.path().join("bad.toml"), file_text).unwrap();
-        let output = run(dir.path(), &["config", "check", "--config", "bad.toml"], &[]);
+        let output = run(
+            dir.path(),
+            &["config", "check", "--config", "bad.toml"],
+            &[],
+        );
         let message = stderr(&output);
         assert_eq!(output.status.code(), Some(2), "{file_text}: {message}");
         assert!(message.contains("bad.toml"), "{message}");
@@ -128,13 +166,25 @@ fn bad_values_are_refused_with_a_clear_message() {
     refused("listen = \n", &["line 1"]);
 
     // A named file must exist.
-    let output = run(dir.path(), &["config", "check", "--config", "missing.toml"], &[]);
+    let output = run(
+        dir.path(),
+        &["config", "check", "--config", "missing.toml"],
+        &[],
+    );
     assert_eq!(output.status.code(), Some(2));
-    assert!(stderr(&output).contains("missing.toml"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("missing.toml"),
+        "{}",
+        stderr(&output)
+    );
 
     // Values the server would refuse.
     std::fs::write(dir.path().join("zero.toml"), "ping-interval-ms = 0\n").unwrap();
-    let output = run(dir.path(), &["config", "check", "--config", "zero.toml"], &[]);
+    let output = run(
+        dir.path(),
+        &["config", "check", "--config", "zero.toml"],
+        &[],
+    );
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr(&output).contains("ping-interval-ms must be greater than 0"));
     let output = run(
@@ -143,7 +193,11 @@ fn bad_values_are_refused_with_a_clear_message() {
         &[],
     );
     assert_eq!(output.status.code(), Some(2));
-    assert!(stderr(&output).contains("postgres://"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("postgres://"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]
@@ -155,7 +209,11 @@ fn no_listening_beyond_loopback_without_an_operator_token() {
         &[],
     );
     assert_eq!(output.status.code(), Some(2));
-    assert!(stderr(&output).contains("beyond loopback"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("beyond loopback"),
+        "{}",
+        stderr(&output)
+    );
     let output = run(
         dir.path(),
         &["config", "check", "--listen", "0.0.0.0:8787"],
@@ -167,13 +225,27 @@ fn no_listening_beyond_loopback_without_an_operator_token() {
     let data = dir.path().join("data");
     let output = run(
         dir.path(),
-        &["serve", "--listen", "0.0.0.0:0", "--data-dir", data.to_str().unwrap()],
+        &[
+            "serve",
+            "--listen",
+            "0.0.0.0:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
         &[],
     );
     assert_eq!(output.status.code(), Some(2));
-    assert!(stderr(&output).contains("beyond loopback"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("beyond loopback"),
+        "{}",
+        stderr(&output)
+    );
     assert!(!data.exists());
     // IPv6 loopback is loopback.
-    let output = run(dir.path(), &["config", "check", "--listen", "[::1]:8787"], &[]);
+    let output = run(
+        dir.path(),
+        &["config", "check", "--listen", "[::1]:8787"],
+        &[],
+    );
     assert!(output.status.success(), "{}", stderr(&output));
 }

@@ -29,9 +29,15 @@ fn demo_once_shows_every_kind_of_decision_a_delivery_and_verified_chains() {
             .to_owned()
     };
     // An allowed message of each ordinary tenant, a denied one of each.
-    assert!(line("ALLOWED acme").contains("-> allow, queued as"), "{stdout}");
+    assert!(
+        line("ALLOWED acme").contains("-> allow, queued as"),
+        "{stdout}"
+    );
     assert!(line("ALLOWED globex").contains("-> allow"), "{stdout}");
-    assert!(line("DENIED  acme").contains("scope_not_granted"), "{stdout}");
+    assert!(
+        line("DENIED  acme").contains("scope_not_granted"),
+        "{stdout}"
+    );
     assert!(line("DENIED  globex").contains("-> deny"), "{stdout}");
     // The hostile policy's decision is a deny with the limit it broke.
     let hostile = line("HOSTILE mallory");
@@ -46,9 +52,16 @@ fn demo_once_shows_every_kind_of_decision_a_delivery_and_verified_chains() {
     line("DELIVERED to did:web:globex-assistant.agent");
     assert!(!stdout.contains("UNEXPECTED"), "{stdout}");
     // Every chain verified, and the URLs to look at.
-    assert!(stdout.contains("VERIFIED: all audit chains are valid"), "{stdout}");
+    assert!(
+        stdout.contains("VERIFIED: all audit chains are valid"),
+        "{stdout}"
+    );
     assert!(!stdout.contains("BROKEN"), "{stdout}");
-    for url in ["/.well-known/did.json", "/metrics", "/admin/v1/openapi.json"] {
+    for url in [
+        "/.well-known/did.json",
+        "/metrics",
+        "/admin/v1/openapi.json",
+    ] {
         assert!(stdout.contains(url), "{url} missing in\n{stdout}");
     }
 }

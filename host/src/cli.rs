@@ -18,8 +18,8 @@ use crate::pdp::{
     PolicyLimits, PolicyRequest,
 };
 use crate::provision;
-use crate::server;
 use crate::runner::{self, CaseFileError};
+use crate::server;
 use crate::store::{self, Store};
 
 /// Hosts ARP agents for many tenants. Tenant policies run as sandboxed WebAssembly
@@ -499,12 +499,15 @@ pub fn parse() -> Result<Cli, CliError> {
 /// [`parse`] for a given command line (the first item is the program name).
 pub fn parse_from(args: Vec<std::ffi::OsString>) -> Result<Cli, CliError> {
     use clap::{CommandFactory as _, FromArgMatches as _};
-    let loaded = crate::config::load(&args).map_err(|error| CliError::Invalid(error.to_string()))?;
+    let loaded =
+        crate::config::load(&args).map_err(|error| CliError::Invalid(error.to_string()))?;
     let mut command = Cli::command();
     if let Some(loaded) = &loaded {
         command = crate::config::apply_defaults(command, &loaded.config.defaults());
     }
-    let matches = command.try_get_matches_from(args).unwrap_or_else(|error| error.exit());
+    let matches = command
+        .try_get_matches_from(args)
+        .unwrap_or_else(|error| error.exit());
     Cli::from_arg_matches(&matches).map_err(|error| CliError::Invalid(error.to_string()))
 }
 

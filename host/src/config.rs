@@ -249,7 +249,10 @@ pub fn apply_defaults(command: clap::Command, defaults: &[(String, String)]) -> 
         .collect();
     let mut command = command;
     for (id, value) in defaults {
-        if command.get_arguments().any(|arg| arg.get_id() == id.as_str()) {
+        if command
+            .get_arguments()
+            .any(|arg| arg.get_id() == id.as_str())
+        {
             // Once per process: clap keeps `'static` defaults.
             let value: &'static str = value.clone().leak();
             command = command.mut_arg(id.as_str(), |arg| arg.default_value(value));
@@ -301,10 +304,7 @@ pub fn validate(args: &ServeArgs) -> Result<(), CliError> {
     if let Some(path) = &args.did_web_ca_file
         && !path.is_file()
     {
-        return invalid(format!(
-            "did-web-ca-file {}: no such file",
-            path.display()
-        ));
+        return invalid(format!("did-web-ca-file {}: no such file", path.display()));
     }
     Ok(())
 }
@@ -345,8 +345,8 @@ mod tests {
 
     #[test]
     fn keys_are_the_flag_names_and_unknown_keys_are_refused() {
-        let config = parse("listen = \"0.0.0.0:9000\"\ndata-dir = \"/srv\"\nack-timeout-ms = 5\n")
-            .unwrap();
+        let config =
+            parse("listen = \"0.0.0.0:9000\"\ndata-dir = \"/srv\"\nack-timeout-ms = 5\n").unwrap();
         assert_eq!(config.listen, Some("0.0.0.0:9000".parse().unwrap()));
         let defaults = config.defaults();
         assert!(defaults.contains(&("data_dir".into(), "/srv".into())));
@@ -354,9 +354,15 @@ mod tests {
         let error = parse("lisen = \"x\"").unwrap_err();
         assert!(error.contains("lisen"), "{error}");
         let error = parse("listen = \"nowhere\"").unwrap_err();
-        assert!(error.contains("listen") || error.contains("line 1"), "{error}");
+        assert!(
+            error.contains("listen") || error.contains("line 1"),
+            "{error}"
+        );
         let error = parse("ack-timeout-ms = \"soon\"").unwrap_err();
-        assert!(error.contains("ack-timeout-ms") || error.contains("line 1"), "{error}");
+        assert!(
+            error.contains("ack-timeout-ms") || error.contains("line 1"),
+            "{error}"
+        );
     }
 
     /// Every key of the file is an argument of `serve` and of `config check` (else it

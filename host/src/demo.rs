@@ -87,7 +87,8 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, CliError> {
             true,
         ),
     };
-    let runtime = tokio::runtime::Runtime::new().map_err(crate::cli::io_error("cannot start the runtime"))?;
+    let runtime =
+        tokio::runtime::Runtime::new().map_err(crate::cli::io_error("cannot start the runtime"))?;
     let result = runtime.block_on(demo(&args, &data_dir));
     drop(runtime);
     if temporary {
@@ -129,9 +130,13 @@ async fn demo(args: &DemoArgs, data_dir: &std::path::Path) -> Result<ExitCode, C
     println!("arp-host demo: a whole host on SQLite in {data_dir_text}");
     println!("compiling the default policy (cedar) ...");
     let server::Prepared { state, hub } = server::prepare(&serve).await?;
-    let listener = tokio::net::TcpListener::bind(serve.listen)
-        .await
-        .map_err(crate::cli::io_error(format!("cannot listen on {}", serve.listen)))?;
+    let listener =
+        tokio::net::TcpListener::bind(serve.listen)
+            .await
+            .map_err(crate::cli::io_error(format!(
+                "cannot listen on {}",
+                serve.listen
+            )))?;
     let local = listener
         .local_addr()
         .map_err(crate::cli::io_error("cannot read the listening address"))?;
@@ -161,13 +166,29 @@ async fn demo(args: &DemoArgs, data_dir: &std::path::Path) -> Result<ExitCode, C
     };
 
     println!();
-    println!("5. Look around (the server keeps running{}):", if args.once { " until --once ends it" } else { "" });
+    println!("5. Look around while the server runs:");
     let host = "acme-assistant.agent";
-    println!("   {base}/.well-known/did.json?target={host}          the agent's DID document");
-    println!("   {base}/.well-known/agent-card.json?target={host}   its agent card (also arp.json, revocations.json)");
-    println!("   {base}/metrics                                      Prometheus metrics (arp_pdp_latency_ms, ...)");
-    println!("   {base}/admin/v1/openapi.json                        the admin API");
-    println!("   {base}/health");
+    for (path, what) in [
+        (
+            format!("/.well-known/did.json?target={host}"),
+            "the agent's DID document",
+        ),
+        (
+            format!("/.well-known/agent-card.json?target={host}"),
+            "its agent card (also arp.json, revocations.json)",
+        ),
+        (
+            "/metrics".to_owned(),
+            "Prometheus metrics (arp_pdp_latency_ms, ...)",
+        ),
+        (
+            "/admin/v1/openapi.json".to_owned(),
+            "the admin API's OpenAPI document",
+        ),
+        ("/health".to_owned(), "liveness (/ready checks the store)"),
+    ] {
+        println!("   {:<70} {what}", format!("{base}{path}"));
+    }
     println!("   operator token of this run: {operator_token}");
     println!("   e.g. arp-host admin --url {base} --key {operator_token} tenant list");
 
@@ -218,15 +239,20 @@ impl Tenant {
 async fn script(admin: &Admin) -> Result<bool, CliError> {
     let mut ok = true;
     println!();
-    println!("1. Provisioning through the admin API (/admin/v1, operator token generated for this run)");
-    let acme = admin
-        .tenant("acme", "pro", 1, "scopes")
-        .await?;
+    println!(
+        "1. Provisioning through the admin API (/admin/v1, operator token generated for this run)"
+    );
+    let acme = admin.tenant("acme", "pro", 1, "scopes").await?;
     let scopes = admin.upload(&acme, SCOPES_POLICY).await?;
     admin.activate(&acme, &scopes).await?;
-    println!("   acme:    policy scopes uploaded and activated ({})", short(&scopes));
+    println!(
+        "   acme:    policy scopes uploaded and activated ({})",
+        short(&scopes)
+    );
     let globex = admin.tenant("globex", "team", 2, "cedar").await?;
-    println!("   globex:  keeps the default policy, cedar (the connection's Cedar policies decide)");
+    println!(
+        "   globex:  keeps the default policy, cedar (the connection's Cedar policies decide)"
+    );
     let mallory = admin.tenant("mallory", "free", 3, "spin").await?;
     let spin = admin.upload(&mallory, SPIN_POLICY).await?;
     admin.activate(&mallory, &spin).await?;
@@ -244,9 +270,19 @@ async fn script(admin: &Admin) -> Result<bool, CliError> {
             json!({"action": "calendar.availability.read", "context": {"spend_cap_cents": 2500}}),
             "allow",
         ),
-        (&acme, "share_external", json!({"action": "share_external"}), "deny"),
+        (
+            &acme,
+            "share_external",
+            json!({"action": "share_external"}),
+            "deny",
+        ),
         (&globex, "text \"hello\"", json!({"text": "hello"}), "allow"),
-        (&globex, "share_external", json!({"action": "share_external"}), "deny"),
+        (
+            &globex,
+            "share_external",
+            json!({"action": "share_external"}),
+            "deny",
+        ),
         (&mallory, "text \"hello\"", json!({"text": "hello"}), "deny"),
     ];
     for (n, (tenant, what, body, expected)) in sends.into_iter().enumerate() {
@@ -254,9 +290,10 @@ async fn script(admin: &Admin) -> Result<bool, CliError> {
         if let Some(object) = body.as_object_mut() {
             object.insert("connection_id".into(), json!(tenant.connection));
         }
-        let envelope = tenant
-            .peer
-            .request(&format!("demo-{}-{n}", tenant.id), &tenant.agent_did, body)?;
+        let envelope =
+            tenant
+                .peer
+                .request(&format!("demo-{}-{n}", tenant.id), &tenant.agent_did, body)?;
         let answer = admin.didcomm(tenant.host(), envelope).await?;
         let decision = answer["decision"].as_str().unwrap_or("?");
         let reason = admin.last_reason(tenant).await.unwrap_or_default();
@@ -278,7 +315,10 @@ async fn script(admin: &Admin) -> Result<bool, CliError> {
         };
         println!("   {label} {:<8} {what} -> {detail}", tenant.id);
         if decision != expected {
-            println!("   UNEXPECTED: {} expected {expected}, got {answer}", tenant.id);
+            println!(
+                "   UNEXPECTED: {} expected {expected}, got {answer}",
+                tenant.id
+            );
             ok = false;
         }
         if tenant.id == "mallory"
@@ -330,17 +370,29 @@ async fn script(admin: &Admin) -> Result<bool, CliError> {
             )
             .await?;
         if status != 200 {
-            return Err(fail(format!("audit verify of {}: {status} {body}", tenant.id)));
+            return Err(fail(format!(
+                "audit verify of {}: {status} {body}",
+                tenant.id
+            )));
         }
         for chain in body["chains"].as_array().into_iter().flatten() {
             let report = &chain["verify"];
             println!(
-                "   {:<8} {} / {}: {}, {} entries",
+                "   {:<8} {} / {}: {}, {} {}",
                 tenant.id,
                 chain["agentDid"].as_str().unwrap_or("?"),
                 chain["connectionId"].as_str().unwrap_or("?"),
-                if report["valid"] == true { "valid" } else { "BROKEN" },
-                report["entriesSeen"]
+                if report["valid"] == true {
+                    "valid"
+                } else {
+                    "BROKEN"
+                },
+                report["entriesSeen"],
+                if report["entriesSeen"] == 1 {
+                    "entry"
+                } else {
+                    "entries"
+                },
             );
         }
         all_valid &= body["valid"] == true;
@@ -377,7 +429,12 @@ async fn receive(base: &str, tenant: &Tenant) -> Result<Vec<Value>, CliError> {
     );
     let (mut socket, _) = tokio_tungstenite::connect_async(url)
         .await
-        .map_err(|error| fail(format!("cannot open {}'s WebSocket: {error}", tenant.agent_did)))?;
+        .map_err(|error| {
+            fail(format!(
+                "cannot open {}'s WebSocket: {error}",
+                tenant.agent_did
+            ))
+        })?;
     let collect = async {
         let mut expected = None;
         let mut frames = Vec::new();
@@ -414,7 +471,12 @@ async fn receive(base: &str, tenant: &Tenant) -> Result<Vec<Value>, CliError> {
     };
     let frames = tokio::time::timeout(DELIVERY_WAIT, collect)
         .await
-        .map_err(|_| fail(format!("{} received nothing within {DELIVERY_WAIT:?}", tenant.agent_did)))??;
+        .map_err(|_| {
+            fail(format!(
+                "{} received nothing within {DELIVERY_WAIT:?}",
+                tenant.agent_did
+            ))
+        })??;
     let _ = socket.close(None).await;
     Ok(frames)
 }
