@@ -90,7 +90,7 @@ pub struct StoreArgs {
     #[arg(long, env = "ARP_DATA_DIR", default_value = "arp-data")]
     pub data_dir: PathBuf,
     /// The store: `postgres://user@host/db` for Postgres (production, several hosts), or
-    /// `sqlite:<file>`. Default: SQLite at <data-dir>/arp-host.sqlite3.
+    /// `sqlite:<file>`. Default: SQLite at `<data-dir>/arp-host.sqlite3`.
     #[arg(long, env = "ARP_DATABASE_URL")]
     pub database_url: Option<String>,
 }
@@ -163,7 +163,7 @@ pub enum AgentCommand {
         /// The tenant the agent belongs to.
         #[arg(long)]
         tenant: String,
-        /// The agent's DID: did:web:<name>.agent.
+        /// The agent's DID: `did:web:<name>.agent`.
         #[arg(long)]
         did: String,
         /// DID of the agent's owner (the principal it represents).
