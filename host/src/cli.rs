@@ -48,8 +48,8 @@ pub enum Command {
     #[command(subcommand)]
     Config(ConfigCommand),
     /// Start a server on a temporary SQLite store, provision three tenants through the
-    /// admin API, send allowed, denied and hostile-policy messages, deliver them to an
-    /// agent over WebSocket, verify the audit chains, and print what happened and where
+    /// admin API, send allowed, denied and hostile-policy messages, deliver them to the
+    /// agents over WebSocket, verify the audit chains, and print what happened and where
     /// to look. Keeps the server running until Ctrl-C (`--once`: exit instead).
     Demo(crate::demo::DemoArgs),
     /// Check, test and benchmark policy components locally (the same engine as the server).

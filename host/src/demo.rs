@@ -59,7 +59,12 @@ pub struct DemoArgs {
     #[arg(id = "demo_data_dir", long = "data-dir", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Address to listen on (port 0: any free port). Loopback only by default.
-    #[arg(id = "demo_listen", long = "listen", default_value = "127.0.0.1:0")]
+    #[arg(
+        id = "demo_listen",
+        long = "listen",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:0"
+    )]
     pub listen: SocketAddr,
     /// Exit 0 after the demo instead of serving until Ctrl-C.
     #[arg(long)]
