@@ -5,25 +5,21 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::agent_client;
 use crate::audit;
-use crate::delivery::{DeliveryConfig, Hub};
-use crate::did_web::{DidWebConfig, DidWebResolver};
-use crate::dispatch::{DispatchConfig, Dispatcher};
-use crate::http::{self, AppState};
+use crate::http;
 use crate::logging::{self, LogFormat};
-use crate::metrics::Metrics;
 use crate::pdp::{
-    self, AdmissionError, AdmissionLimits, CompiledPolicy, EngineConfig, Entity, Pdp, PolicyEngine,
-    PolicyLimits, PolicyRegistry, PolicyRequest,
+    self, AdmissionError, AdmissionLimits, CompiledPolicy, EngineConfig, Entity, PolicyEngine,
+    PolicyLimits, PolicyRequest,
 };
-use crate::peers::PeerResolver;
 use crate::provision;
 use crate::runner::{self, CaseFileError};
+use crate::server;
 use crate::store::{self, Store};
 
 /// Hosts ARP agents for many tenants. Tenant policies run as sandboxed WebAssembly
@@ -31,6 +27,10 @@ use crate::store::{self, Store};
 #[derive(Debug, Parser)]
 #[command(name = "arp-host", version, propagate_version = true)]
 pub struct Cli {
+    /// The configuration file (TOML; keys are the `serve` flag names). Default:
+    /// ./arp-host.toml when it exists. Precedence: flag > environment > file > default.
+    #[arg(long, global = true, env = "ARP_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -42,6 +42,16 @@ pub enum Command {
     /// Run the server. With no flags it listens on 127.0.0.1:8787 and keeps its data in
     /// ./arp-data (created if missing).
     Serve(ServeArgs),
+    /// Check the configuration: print the effective settings of `serve` (flags,
+    /// environment, configuration file, defaults) with secrets redacted, and refuse values
+    /// `serve` would refuse.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Start a server on a temporary SQLite store, provision three tenants through the
+    /// admin API, send allowed, denied and hostile-policy messages, deliver them to the
+    /// agents over WebSocket, verify the audit chains, and print what happened and where
+    /// to look. Keeps the server running until Ctrl-C (`--once`: exit instead).
+    Demo(crate::demo::DemoArgs),
     /// Check, test and benchmark policy components locally (the same engine as the server).
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -64,6 +74,14 @@ pub enum Command {
     Admin(crate::admin_client::AdminArgs),
 }
 
+/// `arp-host config ...`
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective settings of `serve` as TOML (operator token and database
+    /// password redacted); exit 2 with the reason if `serve` would refuse them.
+    Check(ServeArgs),
+}
+
 /// Where the store is: `--database-url`, else SQLite in `--data-dir`.
 #[derive(Clone, Debug, Args)]
 pub struct StoreArgs {
@@ -72,7 +90,7 @@ pub struct StoreArgs {
     #[arg(long, env = "ARP_DATA_DIR", default_value = "arp-data")]
     pub data_dir: PathBuf,
     /// The store: `postgres://user@host/db` for Postgres (production, several hosts), or
-    /// `sqlite:<file>`. Default: SQLite at <data-dir>/arp-host.sqlite3.
+    /// `sqlite:<file>`. Default: SQLite at `<data-dir>/arp-host.sqlite3`.
     #[arg(long, env = "ARP_DATABASE_URL")]
     pub database_url: Option<String>,
 }
@@ -88,7 +106,8 @@ impl StoreArgs {
         })
     }
 
-    async fn open(&self) -> Result<Arc<dyn Store>, CliError> {
+    /// Opens (and migrates) the store.
+    pub async fn open(&self) -> Result<Arc<dyn Store>, CliError> {
         let location = self.location();
         store::open(&location)
             .await
@@ -144,7 +163,7 @@ pub enum AgentCommand {
         /// The tenant the agent belongs to.
         #[arg(long)]
         tenant: String,
-        /// The agent's DID: did:web:<name>.agent.
+        /// The agent's DID: `did:web:<name>.agent`.
         #[arg(long)]
         did: String,
         /// DID of the agent's owner (the principal it represents).
@@ -470,9 +489,44 @@ impl CliError {
     }
 }
 
+/// Parses the process's command line, with the configuration file's values as the
+/// defaults of the flags they name (see [`crate::config`]). Exits with clap's message on
+/// a bad command line, `--help` or `--version`.
+pub fn parse() -> Result<Cli, CliError> {
+    parse_from(std::env::args_os().collect())
+}
+
+/// [`parse`] for a given command line (the first item is the program name).
+pub fn parse_from(args: Vec<std::ffi::OsString>) -> Result<Cli, CliError> {
+    use clap::{CommandFactory as _, FromArgMatches as _};
+    let loaded =
+        crate::config::load(&args).map_err(|error| CliError::Invalid(error.to_string()))?;
+    let mut command = Cli::command();
+    if let Some(loaded) = &loaded {
+        command = crate::config::apply_defaults(command, &loaded.config.defaults());
+    }
+    let matches = command
+        .try_get_matches_from(args)
+        .unwrap_or_else(|error| error.exit());
+    Cli::from_arg_matches(&matches).map_err(|error| CliError::Invalid(error.to_string()))
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
     match cli.command {
+        Command::Config(ConfigCommand::Check(args)) => {
+            let source = crate::config::locate(&std::env::args_os().collect::<Vec<_>>());
+            match &source {
+                Some((path, _)) => println!("# configuration file: {}", path.display()),
+                None => println!("# no configuration file (./arp-host.toml does not exist)"),
+            }
+            println!("# precedence: flag > environment (ARP_*) > file > default");
+            print!("{}", crate::config::render(&args));
+            crate::config::validate(&args)?;
+            println!("# ok: serve would start with these settings");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo(args) => crate::demo::run(args),
         Command::Policy(command) => run_policy(command),
         Command::Serve(args) => run_serve(args),
         Command::Audit(command) => run_audit(command),
@@ -683,105 +737,29 @@ async fn run_connection(command: ConnectionCommand) -> Result<ExitCode, CliError
 }
 
 fn run_serve(args: ServeArgs) -> Result<ExitCode, CliError> {
+    crate::config::validate(&args)?;
     logging::init(
         args.log_format,
         &std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
     )
     .map_err(|error| CliError::Invalid(error.to_string()))?;
-    let data_dir = &args.store.data_dir;
-    std::fs::create_dir_all(data_dir).map_err(io_error(format!(
-        "cannot create the data dir {}",
-        data_dir.display()
-    )))?;
-    let engine = Arc::new(PolicyEngine::new(EngineConfig::default())?);
-    let registry = Arc::new(PolicyRegistry::new(
-        engine.clone(),
-        AdmissionLimits::default(),
-        Some(data_dir.join("policy-cache")),
-    ));
-    eprintln!("loading the default policy (compiled once, then cached in the data dir) ...");
-    let default_policy =
-        registry
-            .load(pdp::DEFAULT_POLICY)
-            .map_err(|source| CliError::Refused {
-                path: "the embedded default policy".into(),
-                source,
-            })?;
-    let mut did_web = DidWebConfig {
-        timeout: Duration::from_millis(args.did_web_timeout_ms),
-        connect_to: args.did_web_connect_to,
-        ..DidWebConfig::default()
-    };
-    if let Some(path) = &args.did_web_ca_file {
-        did_web
-            .extra_root_certificates_pem
-            .push(std::fs::read(path).map_err(|source| CliError::Read {
-                path: path.display().to_string(),
-                source,
-            })?);
-    }
-    let peers = PeerResolver::new(
-        DidWebResolver::new(did_web).map_err(|error| CliError::Invalid(error.to_string()))?,
-    );
-    let metrics = Arc::new(Metrics::new(args.metrics_log_samples));
-    let config = DispatchConfig {
-        clock_window: Duration::from_secs(args.clock_window_secs),
-        message_ttl: Duration::from_secs(args.message_ttl_secs),
-        ..DispatchConfig::default()
-    };
-    let delivery = DeliveryConfig {
-        ack_timeout: Duration::from_millis(args.ack_timeout_ms.max(1)),
-        ping_interval: Duration::from_millis(args.ping_interval_ms.max(1)),
-        rescan_interval: Duration::from_millis(args.rescan_interval_ms.max(1)),
-        ..DeliveryConfig::default()
-    };
     let runtime = tokio::runtime::Runtime::new().map_err(io_error("cannot start the runtime"))?;
     runtime.block_on(async {
-        let store = args.store.open().await?;
-        let hub = Arc::new(Hub::new(store.clone(), delivery));
-        tokio::spawn(hub.clone().run_host_events());
-        tokio::spawn(
-            hub.clone()
-                .run_expiry(Duration::from_secs(args.expiry_interval_secs.max(1))),
-        );
-        let admin = http::admin::AdminConfig::new(
-            args.operator_token.as_deref(),
-            registry.clone(),
-            config.policy_limits,
-        );
-        let dispatcher = Dispatcher::new(
-            store.clone(),
-            Arc::new(Pdp::new(engine, None)),
-            registry,
-            default_policy.clone(),
-            peers,
-            metrics.clone(),
-            config,
-        )
-        .with_delivery(hub.clone());
-        let state = AppState {
-            dispatcher: Arc::new(dispatcher),
-            store: store.clone(),
-            metrics,
-            default_policy_digest: default_policy.digest.clone(),
-            body_limit: args.body_limit,
-            hub: hub.clone(),
-            bearer_clock_ms: args.bearer_clock_ms,
-            admin: Arc::new(admin),
-        };
+        let server::Prepared { state, hub } = server::prepare(&args).await?;
+        let backend = state.store.backend();
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .map_err(io_error(format!("cannot listen on {}", args.listen)))?;
         let local = listener
             .local_addr()
             .map_err(io_error("cannot read the listening address"))?;
-        tracing::info!(address = %local, store = store.backend(), "listening");
+        tracing::info!(address = %local, store = backend, "listening");
         println!("listening on http://{local}");
         let _ = std::io::stdout().flush();
         let shutdown = async move {
             shutdown_signal().await;
             tracing::info!("shutting down: closing agent sessions");
-            hub.shutdown(SESSION_SHUTDOWN_GRACE).await;
+            hub.shutdown(server::SESSION_SHUTDOWN_GRACE).await;
         };
         http::serve(listener, state, shutdown)
             .await
@@ -790,16 +768,13 @@ fn run_serve(args: ServeArgs) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// How long shutdown waits for agent sessions to close after `shutdown` was sent.
-const SESSION_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CliError {
+pub(crate) fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CliError {
     let what = what.into();
     move |source| CliError::Io { what, source }
 }
 
 /// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -68,7 +68,7 @@ pub fn init(format: LogFormat, filter: &str) -> Result<(), LoggingError> {
 /// The §6 JSON-lines event formatter, usable with any writer.
 ///
 /// Span fields are flattened when the subscriber records them with
-/// [`JsonFields`](tracing_subscriber::fmt::format::JsonFields) (as [`init`] does); with
+/// [`JsonFields`] (as [`init`] does); with
 /// another field formatter they are left out.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct JsonLines;

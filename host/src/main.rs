@@ -1,12 +1,10 @@
-//! The `arp-host` binary: parses the command line and hands it to [`arp_host::cli`].
+//! The `arp-host` binary: parses the command line and hands it to [`arp_host::cli`] (which
+//! also reads the configuration file).
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    let cli = arp_host::cli::Cli::parse();
-    match arp_host::cli::run(cli) {
+    match arp_host::cli::parse().and_then(arp_host::cli::run) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error}");

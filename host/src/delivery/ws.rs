@@ -1,11 +1,13 @@
 //! One agent's WebSocket session (ARP-PROTOCOL §4): `GET /ws?did=<DID>&token=<bearer>`
 //! (or `Authorization: Bearer <bearer>`), then JSON text frames discriminated by `kind`.
 //!
-//! The drain keeps up to [`DeliveryConfig::window`] pushes in flight, oldest first; an
-//! `ack` marks a message delivered in the store and makes room for the next. A push not
-//! acked within [`DeliveryConfig::ack_timeout`] is sent again, and every send counts an
-//! attempt. Pings go out every [`DeliveryConfig::ping_interval`]; a peer that sends nothing
-//! (not even a pong) for two intervals is dropped.
+//! The drain keeps up to [`DeliveryConfig::window`](crate::delivery::DeliveryConfig::window) pushes
+//! in flight, oldest first; an `ack` marks a message delivered in the store and makes room for the
+//! next. A push not acked within
+//! [`DeliveryConfig::ack_timeout`](crate::delivery::DeliveryConfig::ack_timeout) is sent again, and
+//! every send counts an attempt. Pings go out every
+//! [`DeliveryConfig::ping_interval`](crate::delivery::DeliveryConfig::ping_interval); a peer that
+//! sends nothing (not even a pong) for two intervals is dropped.
 
 use std::collections::HashMap;
 use std::sync::Arc;
