@@ -10,7 +10,7 @@ use base64::Engine as _;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use crate::cli::CliError;
+use crate::cli::{CliError, NewAgentArgs};
 
 /// Where the admin API is and who is calling.
 #[derive(Clone, Debug, Args)]
@@ -141,23 +141,7 @@ pub enum KeyVerb {
 #[derive(Debug, Subcommand)]
 pub enum AgentVerb {
     /// Host an agent (a generated secret key is printed once).
-    Create {
-        /// The tenant.
-        #[arg(long)]
-        tenant: String,
-        /// `did:web:<name>.agent`.
-        #[arg(long)]
-        did: String,
-        /// The owner's DID.
-        #[arg(long)]
-        owner: String,
-        /// Display name.
-        #[arg(long)]
-        name: Option<String>,
-        /// Use this public key instead of generating one.
-        #[arg(long)]
-        public_key_multibase: Option<String>,
-    },
+    Create(NewAgentArgs),
     /// List a tenant's agents.
     List {
         /// The tenant.
@@ -332,13 +316,13 @@ fn admin_call(command: AdminCommand) -> Result<Call, CliError> {
             },
         },
         AdminCommand::Agent(verb) => match verb {
-            AgentVerb::Create {
+            AgentVerb::Create(NewAgentArgs {
                 tenant,
                 did,
                 owner,
                 name,
                 public_key_multibase,
-            } => Call::json(
+            }) => Call::json(
                 Method::POST,
                 tenant_path(&tenant, "/agents"),
                 json!({"did": did, "owner": owner, "name": name,

@@ -150,6 +150,26 @@ pub enum TenantCommand {
     },
 }
 
+/// What describes a new hosted agent (`agent create`, and `admin agent create` over HTTP).
+#[derive(Debug, Args)]
+pub struct NewAgentArgs {
+    /// The tenant the agent belongs to.
+    #[arg(long)]
+    pub tenant: String,
+    /// The agent's DID: `did:web:<name>.agent`.
+    #[arg(long)]
+    pub did: String,
+    /// DID of the agent's owner (the principal it represents).
+    #[arg(long)]
+    pub owner: String,
+    /// Display name in the agent card (default: the host name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Use this existing public key (`z6Mk...`) instead of generating one.
+    #[arg(long)]
+    pub public_key_multibase: Option<String>,
+}
+
 /// `arp-host agent ...`
 #[derive(Debug, Subcommand)]
 pub enum AgentCommand {
@@ -160,21 +180,8 @@ pub enum AgentCommand {
     /// The generated secret key is written to --key-out (mode 0600), or printed once when
     /// no file is given: the agent needs it to sign envelopes and open its WebSocket.
     Create {
-        /// The tenant the agent belongs to.
-        #[arg(long)]
-        tenant: String,
-        /// The agent's DID: `did:web:<name>.agent`.
-        #[arg(long)]
-        did: String,
-        /// DID of the agent's owner (the principal it represents).
-        #[arg(long)]
-        owner: String,
-        /// Display name in the agent card (default: the host name).
-        #[arg(long)]
-        name: Option<String>,
-        /// Use this existing public key (`z6Mk...`) instead of generating one.
-        #[arg(long)]
-        public_key_multibase: Option<String>,
+        #[command(flatten)]
+        agent: NewAgentArgs,
         /// Write the generated secret key (hex seed) to this file.
         #[arg(long)]
         key_out: Option<PathBuf>,
@@ -622,11 +629,14 @@ async fn run_agent(command: AgentCommand) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         AgentCommand::Create {
-            tenant,
-            did,
-            owner,
-            name,
-            public_key_multibase,
+            agent:
+                NewAgentArgs {
+                    tenant,
+                    did,
+                    owner,
+                    name,
+                    public_key_multibase,
+                },
             key_out,
             store,
         } => {

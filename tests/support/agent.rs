@@ -16,10 +16,8 @@ pub const FRAME_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// `ws://.../ws?did=<did>&token=<bearer>` for the server at `http_url`.
 pub fn ws_url(http_url: &str, did: &str, bearer: &str) -> String {
-    format!(
-        "{}/ws?did={did}&token={bearer}",
-        http_url.replacen("http://", "ws://", 1)
-    )
+    let session = arp_host::agent_client::session_url(http_url, did).unwrap();
+    format!("{session}&token={bearer}")
 }
 
 /// What opening the socket came to: the socket, or the HTTP refusal (status, JSON body).

@@ -409,10 +409,7 @@ pub async fn usage(
 
 /// The current UTC month, `YYYY-MM`.
 fn current_period() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(0));
-    format_timestamp(now)
+    format_timestamp(crate::clock::now_ms())
         .map(|timestamp| timestamp[..7].to_owned())
         .unwrap_or_default()
 }
