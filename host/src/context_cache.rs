@@ -42,13 +42,16 @@ pub struct TenantContext {
     pub active_policy: Option<String>,
 }
 
+/// A route: the tenant and the hosted agent at a DID.
+type Route = (TenantScope, Agent);
+
 /// The key of a connection lookup: tenant, agent, signer, and the id the envelope named.
 type ConnectionKey = (String, String, String, Option<String>);
 
 /// The cache; shared by dispatch and the admin API.
 #[derive(Debug)]
 pub struct ContextCache {
-    routes: Mutex<LruCache<String, (Instant, (TenantScope, Agent))>>,
+    routes: Mutex<LruCache<String, (Instant, Route)>>,
     tenants: Mutex<LruCache<String, (Instant, TenantContext)>>,
     connections: Mutex<LruCache<ConnectionKey, (Instant, Connection)>>,
 }
@@ -90,7 +93,7 @@ fn put<K: std::hash::Hash + Eq, V>(map: &Mutex<LruCache<K, (Instant, V)>>, key: 
 
 impl ContextCache {
     /// The hosted agent at `did`, if cached.
-    pub fn route(&self, did: &str) -> Option<(TenantScope, Agent)> {
+    pub fn route(&self, did: &str) -> Option<Route> {
         fresh(&self.routes, &did.to_owned(), ROUTE_TTL)
     }
 
