@@ -1,7 +1,8 @@
 //! The dispatch pipeline of `POST /didcomm` (ARP-PROTOCOL §2), one stage after another:
 //! route (host → agent → tenant) → envelope (parse, resolve the signer, verify, claims) →
 //! connection (lookup, status, revocation) → policy decision → one store transaction
-//! (replay guard, quota, audit append, enqueue).
+//! (replay guard, quota, audit append, enqueue), shared with concurrent envelopes of the
+//! tenant ([`crate::recorder`]).
 //!
 //! Start with [`Dispatcher::dispatch`]. It never waits for an agent: an accepted message
 //! is durably queued before the answer, and delivery happens elsewhere. Every refusal is a
@@ -25,6 +26,7 @@ use crate::pdp::{
     PolicyRegistry,
 };
 use crate::peers::PeerResolver;
+use crate::recorder::Recorder;
 use crate::routing::agent_did_from_host;
 use crate::store::{
     AllowedInbound, AuditExtra, Connection, InboundOutcome, InboundRecord, NewMessage, Store,
@@ -155,6 +157,7 @@ pub struct Dispatcher {
     config: DispatchConfig,
     hub: Option<Arc<Hub>>,
     cache: Arc<ContextCache>,
+    recorder: Arc<Recorder>,
 }
 
 /// The verified envelope and where it goes: what the later stages need.
@@ -180,6 +183,7 @@ impl Dispatcher {
         config: DispatchConfig,
     ) -> Self {
         Self {
+            recorder: Recorder::new(store.clone()),
             store,
             pdp,
             registry,
@@ -382,7 +386,7 @@ impl Dispatcher {
         };
         if let Some(denial) = denial {
             record.audit.reason = Some(denial.code().to_owned());
-            self.store.record_inbound(&scope, record).await?;
+            self.recorder.record(&scope, record).await?;
             return Err(DispatchError::ConnectionDenied(denial));
         }
 
@@ -450,7 +454,7 @@ impl Dispatcher {
             });
         }
         let message_id = record.allow.as_ref().map(|allow| allow.message.id.clone());
-        match self.store.record_inbound(&scope, record).await? {
+        match self.recorder.record(&scope, record).await? {
             InboundOutcome::Queued { .. } => Ok(Outcome::Queued {
                 message_id: message_id.unwrap_or_default(),
             }),

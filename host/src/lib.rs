@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod pdp;
 pub mod peers;
 pub mod provision;
+pub mod recorder;
 pub mod routing;
 pub mod runner;
 pub mod server;

@@ -5,13 +5,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use arp_host::audit::{self, AuditDecision, NewAuditEntry};
 use arp_host::pdp::Obligation;
+use arp_host::recorder::Recorder;
 use arp_host::store::{
     self, Agent, AllowedInbound, AuditExtra, Connection, ConnectionStatus, InboundOutcome,
-    InboundRecord, NewMessage, Plan, Store, StoreError,
+    InboundRecord, NewMessage, Plan, Store, StoreError, TenantScope,
 };
 use serde_json::json;
 
@@ -61,8 +63,10 @@ on_both_backends!(
     an_inbound_message_at_the_cap_is_denied_as_quota_exceeded,
     a_replayed_inbound_message_writes_nothing,
     concurrent_inbound_records_keep_one_unbroken_chain,
+    concurrent_records_through_the_recorder_keep_one_unbroken_chain,
     queues_revocations_chains_and_ping_are_per_tenant,
     delivery_acks_counts_attempts_and_expires_per_agent,
+    a_batch_gives_each_record_its_own_outcome_in_order,
 );
 
 fn agent(did: &str) -> Agent {
@@ -805,21 +809,60 @@ async fn concurrent_inbound_records_keep_one_unbroken_chain(
     for task in tasks {
         task.await.unwrap();
     }
-    let chain = store.audit_chain(&scope, ALICE, "conn-1").await.unwrap();
-    assert_eq!(chain.len(), 400);
+    assert_one_queued_chain_of(&store, &scope, 400).await;
+}
+
+/// Alice's chain on `conn-1` is unbroken with `count` entries, each counted and queued.
+async fn assert_one_queued_chain_of(store: &Arc<dyn Store>, scope: &TenantScope, count: usize) {
+    let chain = store.audit_chain(scope, ALICE, "conn-1").await.unwrap();
+    assert_eq!(chain.len(), count);
     let report = audit::verify_chain(&chain);
     assert!(report.valid, "{report:?}");
-    assert_eq!(report.entries_seen, 400);
-    assert_eq!(store.usage(&scope, PERIOD).await.unwrap(), 400);
-    assert_eq!(store.queue_depth().await.unwrap(), 400);
+    assert_eq!(report.entries_seen, count as u64);
+    assert_eq!(store.usage(scope, PERIOD).await.unwrap(), count as u64);
+    assert_eq!(store.queue_depth().await.unwrap(), count as u64);
     assert_eq!(
         store
-            .deliverable_messages(&scope, ALICE, 0, 1000)
+            .deliverable_messages(scope, ALICE, 0, 1000)
             .await
             .unwrap()
             .len(),
-        400
+        count
     );
+}
+
+/// The group commit of dispatch: concurrent records share transactions, and each still
+/// gets its own outcome (a replay among them refuses only itself).
+async fn concurrent_records_through_the_recorder_keep_one_unbroken_chain(
+    store: Arc<dyn Store>,
+    _location: String,
+) {
+    let scope = store.create_tenant("busy", Plan::Team).await.unwrap();
+    let recorder = Recorder::new(store.clone());
+    let tasks: Vec<_> = (0..8u64)
+        .map(|task| {
+            let recorder = recorder.clone();
+            let scope = scope.clone();
+            tokio::spawn(async move {
+                for n in 0..50u64 {
+                    let key = task * 50 + n;
+                    let outcome = recorder
+                        .record(&scope, inbound(key, Some(Plan::Team)))
+                        .await
+                        .unwrap();
+                    assert!(matches!(outcome, InboundOutcome::Queued { .. }));
+                    let again = recorder
+                        .record(&scope, inbound(key, Some(Plan::Team)))
+                        .await;
+                    assert!(matches!(again, Err(StoreError::Replayed)), "{again:?}");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_one_queued_chain_of(&store, &scope, 400).await;
 }
 
 async fn queues_revocations_chains_and_ping_are_per_tenant(
@@ -1001,12 +1044,38 @@ async fn delivery_acks_counts_attempts_and_expires_per_agent(
         "offset skips the oldest; the expired is never listed"
     );
 
-    let first = store.deliverable_messages(&a, ALICE, 0, 1).await.unwrap();
+    // Taking for a push counts an attempt of each message taken, and only of those: the
+    // in-flight are left out, and `room` bounds how many are taken.
+    let none = HashSet::new();
+    let first = store
+        .take_for_push(&a, ALICE, (0, 10), &none, 1)
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 1);
     let id = first[0].id.clone();
-    store.count_attempt(&a, &id).await.unwrap();
-    store.count_attempt(&a, &id).await.unwrap();
-    let again = store.deliverable_messages(&a, ALICE, 0, 1).await.unwrap();
-    assert_eq!(again[0].attempts, 2);
+    assert_eq!(first[0].attempts, 0, "returned as read");
+    let again = store
+        .take_for_push(&a, ALICE, (0, 1), &none, 5)
+        .await
+        .unwrap();
+    assert_eq!((again[0].id.as_str(), again[0].attempts), (id.as_str(), 1));
+    let in_flight = HashSet::from([id.clone()]);
+    let others = store
+        .take_for_push(&a, ALICE, (0, 10), &in_flight, 5)
+        .await
+        .unwrap();
+    let others: Vec<&str> = others.iter().map(|m| m.msg_id.as_str()).collect();
+    assert_eq!(others, ["m-2", "m-3"]);
+    let page = store.deliverable_messages(&a, ALICE, 0, 10).await.unwrap();
+    let attempts: Vec<u32> = page.iter().map(|m| m.attempts).collect();
+    assert_eq!(attempts, [2, 1, 1]);
+    assert!(
+        store
+            .take_for_push(&b, ALICE, (0, 10), &none, 5)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     // Acks are per tenant and agent, and only once.
     assert!(!store.ack_message(&b, ALICE, &id).await.unwrap());
@@ -1024,6 +1093,19 @@ async fn delivery_acks_counts_attempts_and_expires_per_agent(
     assert_eq!(store.expire_messages(1_000).await.unwrap(), 1);
     assert_eq!(store.expire_messages(1_000).await.unwrap(), 0);
     assert_eq!(store.queue_depth().await.unwrap(), 2);
+    // Acks in a batch count only the agent's queued messages.
+    let rest: Vec<String> = store
+        .deliverable_messages(&a, ALICE, 0, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(rest.len(), 2);
+    assert_eq!(store.ack_messages(&b, ALICE, &rest).await.unwrap(), 0);
+    let mixed = vec![rest[0].clone(), id.clone(), "unknown".to_owned()];
+    assert_eq!(store.ack_messages(&a, ALICE, &mixed).await.unwrap(), 1);
+    assert_eq!(store.queue_depth().await.unwrap(), 1);
 
     // Connection listing stays within the tenant.
     store
@@ -1053,4 +1135,105 @@ async fn delivery_acks_counts_attempts_and_expires_per_agent(
     assert_eq!(store.audit_chain(&a, ALICE, "c-a").await.unwrap().len(), 1);
     late.require_usable_connection = false;
     store.record_inbound(&a, late).await.unwrap();
+}
+
+async fn a_batch_gives_each_record_its_own_outcome_in_order(
+    store: Arc<dyn Store>,
+    location: String,
+) {
+    let scope = store.create_tenant("acme", Plan::Free).await.unwrap();
+    for (id, status) in [
+        ("c-ok", ConnectionStatus::Active),
+        ("c-gone", ConnectionStatus::Suspended),
+    ] {
+        store
+            .create_connection(&scope, &connection(id, ALICE, BOB, status))
+            .await
+            .unwrap();
+    }
+    // Three under the cap of 1000; m-7 is recorded first, alone.
+    set_usage(store.backend(), &location, "acme", PERIOD, 997).await;
+    queued(
+        store
+            .record_inbound(&scope, inbound(7, Some(Plan::Free)))
+            .await
+            .unwrap(),
+    );
+
+    let on = |mut record: InboundRecord, connection_id: &str| {
+        record.connection_id = connection_id.to_owned();
+        record.require_usable_connection = true;
+        record
+    };
+    let mut same_key = inbound(1, Some(Plan::Free));
+    same_key.allow.as_mut().unwrap().message.id = "00000000-0000-4000-8000-000000000099".into();
+    let batch = vec![
+        inbound(1, Some(Plan::Free)),               // queued: 999
+        inbound(2, None),                           // denied
+        same_key,                                   // the key of the first: a replay
+        inbound(3, Some(Plan::Free)),               // queued: 1000, the cap
+        inbound(4, Some(Plan::Free)),               // over the cap
+        on(inbound(5, Some(Plan::Free)), "c-gone"), // its cached connection is suspended
+        on(inbound(6, None), "c-ok"),               // another chain, usable
+        inbound(7, Some(Plan::Free)),               // received before: a replay
+    ];
+    let results = store.record_inbound_batch(&scope, batch).await.unwrap();
+    assert_eq!(results.len(), 8);
+    let kinds: Vec<String> = results
+        .iter()
+        .map(|result| match result {
+            Ok(InboundOutcome::Queued { entry }) => format!("queued {}", entry.seq),
+            Ok(InboundOutcome::Denied { entry }) => format!("denied {}", entry.seq),
+            Ok(InboundOutcome::QuotaExceeded { entry, used, cap }) => {
+                format!("over {} {used}/{cap}", entry.seq)
+            }
+            Err(StoreError::Replayed) => "replayed".to_owned(),
+            Err(StoreError::Stale) => "stale".to_owned(),
+            Err(other) => format!("error {other}"),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "queued 1",
+            "denied 2",
+            "replayed",
+            "queued 3",
+            "over 4 1000/1000",
+            "stale",
+            "denied 0",
+            "replayed",
+        ]
+    );
+
+    // One unbroken chain per connection, in the batch's order.
+    let chain = store.audit_chain(&scope, ALICE, "conn-1").await.unwrap();
+    assert!(audit::verify_chain(&chain).valid);
+    let ids: Vec<&str> = chain.iter().map(|entry| entry.msg_id.as_str()).collect();
+    assert_eq!(ids, ["m-7", "m-1", "m-2", "m-3", "m-4"]);
+    assert_eq!(
+        chain[4].reason.as_deref(),
+        Some("quota_exceeded:free:1000/1000")
+    );
+    let other = store.audit_chain(&scope, ALICE, "c-ok").await.unwrap();
+    assert_eq!(other.len(), 1);
+    assert!(
+        store
+            .audit_chain(&scope, ALICE, "c-gone")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Counted and queued: exactly the allowed records under the cap.
+    assert_eq!(store.usage(&scope, PERIOD).await.unwrap(), 1000);
+    let queue = store
+        .deliverable_messages(&scope, ALICE, 0, 10)
+        .await
+        .unwrap();
+    let mut queued_ids: Vec<&str> = queue.iter().map(|m| m.msg_id.as_str()).collect();
+    queued_ids.sort_unstable();
+    assert_eq!(queued_ids, ["m-1", "m-3", "m-7"]);
+    // The stale record wrote nothing: its key is still new.
+    store.record_replay(BOB, "m-5").await.unwrap();
 }

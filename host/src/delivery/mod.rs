@@ -18,6 +18,7 @@ pub mod bearer;
 pub mod ws;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -94,6 +95,18 @@ struct SessionHandle {
     /// A UUIDv7: later sessions have greater ids, on any host (up to clock skew).
     id: String,
     signals: mpsc::UnboundedSender<SessionSignal>,
+    /// A `Wake` is waiting in `signals`: one is enough, as a drain reads everything
+    /// queued before it starts.
+    woken: Arc<AtomicBool>,
+}
+
+impl SessionHandle {
+    fn send(&self, signal: SessionSignal) -> bool {
+        if signal == SessionSignal::Wake && self.woken.swap(true, Ordering::AcqRel) {
+            return true;
+        }
+        self.signals.send(signal).is_ok()
+    }
 }
 
 /// A registered session: its id and its signal inbox.
@@ -103,6 +116,9 @@ pub struct SessionTicket {
     pub id: String,
     /// Signals for the session.
     pub signals: mpsc::UnboundedReceiver<SessionSignal>,
+    /// Set while a `Wake` waits in `signals`: the session clears it when it takes the
+    /// `Wake`, before it drains.
+    pub woken: Arc<AtomicBool>,
 }
 
 /// The sessions of this host and the signals between them, dispatch and other hosts.
@@ -146,22 +162,24 @@ impl Hub {
     pub async fn register(&self, agent_did: &str) -> SessionTicket {
         let (sender, signals) = mpsc::unbounded_channel();
         let id = uuid::Uuid::now_v7().to_string();
+        let woken = Arc::new(AtomicBool::new(false));
         let previous = self.sessions().insert(
             agent_did.to_owned(),
             SessionHandle {
                 id: id.clone(),
                 signals: sender,
+                woken: woken.clone(),
             },
         );
         if let Some(previous) = previous {
-            let _ = previous.signals.send(SessionSignal::Superseded);
+            previous.send(SessionSignal::Superseded);
         }
         self.tell_hosts(&HostEvent::Session {
             agent: agent_did.to_owned(),
             session: id.clone(),
         })
         .await;
-        SessionTicket { id, signals }
+        SessionTicket { id, signals, woken }
     }
 
     /// Removes the session `id` of `agent_did` (not a newer one that replaced it).
@@ -184,7 +202,7 @@ impl Hub {
     fn signal_local(&self, agent_did: &str, signal: SessionSignal) -> bool {
         self.sessions()
             .get(agent_did)
-            .is_some_and(|handle| handle.signals.send(signal).is_ok())
+            .is_some_and(|handle| handle.send(signal))
     }
 
     /// What to tell the other hosts when a message for `agent_did` commits: nothing when
@@ -252,7 +270,7 @@ impl Hub {
                     .is_some_and(|handle| handle.id < session)
                     && let Some(older) = sessions.remove(&agent)
                 {
-                    let _ = older.signals.send(SessionSignal::Superseded);
+                    older.send(SessionSignal::Superseded);
                 }
             }
             HostEvent::Connection {
@@ -303,7 +321,7 @@ impl Hub {
 
     fn wake_all(&self) {
         for handle in self.sessions().values() {
-            let _ = handle.signals.send(SessionSignal::Wake);
+            handle.send(SessionSignal::Wake);
         }
     }
 
@@ -334,7 +352,7 @@ impl Hub {
     pub async fn shutdown(&self, grace: Duration) {
         self.shutting_down.send_replace(true);
         for handle in self.sessions().values() {
-            let _ = handle.signals.send(SessionSignal::Shutdown);
+            handle.send(SessionSignal::Shutdown);
         }
         let deadline = tokio::time::Instant::now() + grace;
         while self.session_count() > 0 && tokio::time::Instant::now() < deadline {

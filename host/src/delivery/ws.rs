@@ -2,17 +2,20 @@
 //! (or `Authorization: Bearer <bearer>`), then JSON text frames discriminated by `kind`.
 //!
 //! The drain keeps up to [`DeliveryConfig::window`](crate::delivery::DeliveryConfig::window) pushes
-//! in flight, oldest first; an `ack` marks a message delivered in the store and makes room for the
+//! in flight, oldest first, each counted as an attempt when taken from the queue; an `ack` marks a
+//! message delivered in the store (the acks received together in one write) and makes room for the
 //! next. A push not acked within
 //! [`DeliveryConfig::ack_timeout`](crate::delivery::DeliveryConfig::ack_timeout) is sent again, and
 //! every send counts an attempt. Pings go out every
 //! [`DeliveryConfig::ping_interval`](crate::delivery::DeliveryConfig::ping_interval); a peer that
 //! sends nothing (not even a pong) for two intervals is dropped.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::FutureExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -26,6 +29,9 @@ use crate::store::{QueuedMessage, TenantScope};
 pub const CLOSE_SUPERSEDED: u16 = 4000;
 /// Close code of a session ended by the host's shutdown ("going away").
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+
+/// Most acks recorded in one store write.
+const ACK_BATCH: usize = 64;
 
 /// A frame from the agent.
 #[derive(Debug, Deserialize)]
@@ -63,6 +69,12 @@ struct Session {
     socket: WebSocket,
     /// Pushed, not yet acked: queue id → when it was sent.
     in_flight: HashMap<String, Instant>,
+    /// Acks received and not yet recorded.
+    acks: Vec<String>,
+    /// The last drain filled the window: more messages may be waiting behind it.
+    backlog: bool,
+    /// Set while a `Wake` waits in the signal inbox (see [`super::SessionTicket`]).
+    woken: Arc<AtomicBool>,
 }
 
 /// Runs the session of `agent_did` on `socket` until it ends.
@@ -87,6 +99,9 @@ pub async fn run(
         agent_did,
         socket,
         in_flight: HashMap::new(),
+        acks: Vec::new(),
+        backlog: false,
+        woken: ticket.woken.clone(),
     };
     let end = session.serve(ticket.signals).await;
     hub.unregister(&session.agent_did, &ticket.id);
@@ -147,7 +162,10 @@ impl Session {
                         self.close(CLOSE_GOING_AWAY, "server_shutdown").await;
                         return End::Shutdown;
                     }
-                    Some(SessionSignal::Wake) => self.drain(false).await,
+                    Some(SessionSignal::Wake) => {
+                        self.woken.store(false, Ordering::Release);
+                        self.drain(false).await
+                    }
                     Some(SessionSignal::Revocation { connection_id, reason }) => {
                         let frame = json!({
                             "kind": "revocation",
@@ -159,11 +177,7 @@ impl Session {
                 },
                 frame = self.socket.recv() => {
                     last_heard = Instant::now();
-                    match frame {
-                        None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return End::Closed,
-                        Some(Ok(Message::Text(text))) => self.on_frame(&text).await,
-                        Some(Ok(_)) => Ok(()),
-                    }
+                    self.on_messages(frame).await
                 }
                 _ = pings.tick() => {
                     if last_heard.elapsed() > config.ping_interval * 2 {
@@ -191,17 +205,20 @@ impl Session {
         let window = self.hub.config().window;
         let in_flight = u32::try_from(self.in_flight.len()).unwrap_or(u32::MAX);
         if in_flight >= window {
+            self.backlog = true;
             return Ok(());
         }
-        let (offset, limit) = if full {
+        let page = if full {
             (0, window.saturating_add(in_flight))
         } else {
             (in_flight, window - in_flight)
         };
+        let room = usize::try_from(window - in_flight).unwrap_or(usize::MAX);
+        let sent: HashSet<String> = self.in_flight.keys().cloned().collect();
         let messages = match self
             .hub
             .store()
-            .deliverable_messages(&self.scope, &self.agent_did, offset, limit)
+            .take_for_push(&self.scope, &self.agent_did, page, &sent, room)
             .await
         {
             Ok(messages) => messages,
@@ -211,26 +228,69 @@ impl Session {
                 return Ok(());
             }
         };
+        self.backlog = messages.len() >= room;
         for message in messages {
-            if self.in_flight.len() >= window as usize {
-                break;
-            }
-            if self.in_flight.contains_key(&message.id) {
-                continue;
-            }
-            if let Err(error) = self
-                .hub
-                .store()
-                .count_attempt(&self.scope, &message.id)
-                .await
-            {
-                tracing::warn!(%error, agentDid = self.agent_did, "cannot count an attempt");
-                return Ok(());
-            }
             self.send_json(&inbound_frame(&message)).await?;
             self.in_flight.insert(message.id, Instant::now());
         }
         Ok(())
+    }
+
+    /// Handles `first` and the frames already received behind it, then records their
+    /// acks in one write: under load acks arrive in bursts.
+    async fn on_messages(&mut self, first: Option<Result<Message, axum::Error>>) -> Result<(), ()> {
+        let mut handled = self.on_message(first).await;
+        while handled.is_ok() && self.acks.len() < ACK_BATCH {
+            let Some(next) = self.socket.recv().now_or_never() else {
+                break;
+            };
+            handled = self.on_message(next).await;
+        }
+        // Recorded even when the socket closed: those messages were acked.
+        let recorded = self.record_acks().await;
+        handled.and(recorded)
+    }
+
+    async fn on_message(
+        &mut self,
+        message: Option<Result<Message, axum::Error>>,
+    ) -> Result<(), ()> {
+        match message {
+            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => Err(()),
+            Some(Ok(Message::Text(text))) => self.on_frame(&text).await,
+            Some(Ok(_)) => Ok(()),
+        }
+    }
+
+    /// Marks the acked messages delivered, then pushes what waited behind a full window.
+    async fn record_acks(&mut self) -> Result<(), ()> {
+        if self.acks.is_empty() {
+            return Ok(());
+        }
+        let acks = std::mem::take(&mut self.acks);
+        match self
+            .hub
+            .store()
+            .ack_messages(&self.scope, &self.agent_did, &acks)
+            .await
+        {
+            Ok(_) => {
+                for id in &acks {
+                    self.in_flight.remove(id);
+                }
+                if self.backlog {
+                    self.drain(false).await
+                } else {
+                    Ok(())
+                }
+            }
+            // Left in flight: the pushes are retried after the ack timeout, and the agent
+            // acks again.
+            Err(error) => {
+                tracing::warn!(%error, agentDid = self.agent_did, "cannot record acks");
+                Ok(())
+            }
+        }
     }
 
     async fn on_frame(&mut self, text: &str) -> Result<(), ()> {
@@ -245,23 +305,8 @@ impl Session {
         match frame {
             ClientFrame::ClientHello {} | ClientFrame::Pong {} => Ok(()),
             ClientFrame::Ack { message_id } => {
-                match self
-                    .hub
-                    .store()
-                    .ack_message(&self.scope, &self.agent_did, &message_id)
-                    .await
-                {
-                    Ok(_) => {
-                        self.in_flight.remove(&message_id);
-                        self.drain(false).await
-                    }
-                    // Left in flight: the push is retried after the ack timeout, and the
-                    // agent acks again.
-                    Err(error) => {
-                        tracing::warn!(%error, agentDid = self.agent_did, "cannot record an ack");
-                        Ok(())
-                    }
-                }
+                self.acks.push(message_id);
+                Ok(())
             }
             ClientFrame::OutboundEnvelope {
                 msg_id,

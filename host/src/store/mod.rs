@@ -20,6 +20,7 @@
 pub mod postgres;
 pub mod sqlite;
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -99,6 +100,24 @@ impl From<sqlx::Error> for StoreError {
                 }
             }
             other => Self::Database(other),
+        }
+    }
+}
+
+impl StoreError {
+    /// The same kind of failure, for another caller that shared the failed operation
+    /// (`sqlx::Error` is not `Clone`): the copy answers with the same status and reason.
+    pub fn shared_copy(&self) -> Self {
+        let described = || sqlx::Error::Protocol(self.to_string());
+        match self {
+            Self::Unavailable(_) => Self::Unavailable(described()),
+            Self::Conflict(text) => Self::Conflict(text.clone()),
+            Self::NotFound(text) => Self::NotFound(text.clone()),
+            Self::InvalidLocation(text) => Self::InvalidLocation(text.clone()),
+            Self::Corrupt(text) => Self::Corrupt(text.clone()),
+            Self::Replayed => Self::Replayed,
+            Self::Stale => Self::Stale,
+            Self::Migrate(_) | Self::Audit(_) | Self::Database(_) => Self::Database(described()),
         }
     }
 }
@@ -313,6 +332,18 @@ pub struct InboundRecord {
     /// An event to tell the other hosts when the transaction commits (Postgres `NOTIFY`
     /// inside the transaction; ignored on SQLite).
     pub notify_hosts: Option<String>,
+}
+
+impl InboundRecord {
+    /// The audit chain it appends to: (agent, connection).
+    fn chain(&self) -> (&str, &str) {
+        (&self.agent_did, &self.connection_id)
+    }
+
+    /// The replay guard's key: (signer, message id).
+    fn replay_key(&self) -> (&str, &str) {
+        (&self.signer_did, &self.msg_id)
+    }
 }
 
 /// The allowed part of an [`InboundRecord`]: what to count, and what to queue.
@@ -578,18 +609,33 @@ pub trait Store: std::fmt::Debug + Send + Sync {
         entry: NewAuditEntry,
     ) -> StoreResult<(Connection, AuditEntry)>;
 
-    /// Records one verified inbound envelope in one transaction: the replay guard insert,
-    /// (if allowed) the atomic quota check-and-count, the audit append (serialized per
-    /// chain) and (if allowed and under the quota) the enqueue. A replayed
-    /// `(signer_did, msg_id)` is `Err(Replayed)` and writes nothing.
+    /// Records verified inbound envelopes of one tenant in one transaction (a group
+    /// commit), each as [`Store::record_inbound`] would, in order: the replay guard
+    /// insert, (if allowed) the quota check-and-count, the audit append (serialized per
+    /// chain) and (if allowed and under the quota) the enqueue. Returns one result per
+    /// record: a replayed `(signer_did, msg_id)` is `Err(Replayed)`, a record whose cached
+    /// connection is no longer usable `Err(Stale)`, and neither writes anything. The
+    /// outer error is a failed transaction: then nothing at all was written.
     ///
-    /// Both backends take their locks in this order (replay key, chain, usage row), so
-    /// concurrent calls cannot deadlock.
+    /// Both backends take their locks in the same order (replay keys, chains in key
+    /// order, usage row), so concurrent calls cannot deadlock.
+    async fn record_inbound_batch(
+        &self,
+        scope: &TenantScope,
+        records: Vec<InboundRecord>,
+    ) -> StoreResult<Vec<StoreResult<InboundOutcome>>>;
+    /// Records one verified inbound envelope in one transaction (see
+    /// [`Store::record_inbound_batch`]).
     async fn record_inbound(
         &self,
         scope: &TenantScope,
         record: InboundRecord,
-    ) -> StoreResult<InboundOutcome>;
+    ) -> StoreResult<InboundOutcome> {
+        self.record_inbound_batch(scope, vec![record])
+            .await?
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::Corrupt("a batch of one gave no result".into())))
+    }
     /// Cheap reachability check (for `GET /ready`).
     async fn ping(&self) -> StoreResult<()>;
     /// Messages with status `queued`, host-wide (the queue-depth gauge).
@@ -615,16 +661,39 @@ pub trait Store: std::fmt::Debug + Send + Sync {
     /// How many of the agent's messages are deliverable (the `queuedCount` of
     /// `server_hello`).
     async fn deliverable_count(&self, scope: &TenantScope, agent_did: &str) -> StoreResult<u64>;
-    /// Counts one delivery attempt of a queued message.
-    async fn count_attempt(&self, scope: &TenantScope, id: &str) -> StoreResult<()>;
-    /// Marks the agent's queued message delivered (its ack); `false` when there is no
-    /// such queued message for this agent (unknown, another agent's, or acked before).
+    /// The messages to push next, in one transaction: the page of
+    /// [`Store::deliverable_messages`] at (`offset`, `limit`), without those already
+    /// `in_flight`, at most `room` of them, each with one more delivery attempt counted.
+    /// They are returned as read (`attempts` before this one).
+    async fn take_for_push(
+        &self,
+        scope: &TenantScope,
+        agent_did: &str,
+        page: (u32, u32),
+        in_flight: &HashSet<String>,
+        room: usize,
+    ) -> StoreResult<Vec<QueuedMessage>>;
+    /// Marks the agent's queued messages delivered (their acks); how many were. An id
+    /// that names no queued message of this agent (unknown, another agent's, or acked
+    /// before) changes nothing.
+    async fn ack_messages(
+        &self,
+        scope: &TenantScope,
+        agent_did: &str,
+        ids: &[String],
+    ) -> StoreResult<u64>;
+    /// [`Store::ack_messages`] of one message: `false` when it changed nothing.
     async fn ack_message(
         &self,
         scope: &TenantScope,
         agent_did: &str,
         id: &str,
-    ) -> StoreResult<bool>;
+    ) -> StoreResult<bool> {
+        Ok(self
+            .ack_messages(scope, agent_did, &[id.to_owned()])
+            .await?
+            == 1)
+    }
     /// Marks every queued message past its expiry `expired`, host-wide; how many.
     async fn expire_messages(&self, now_ms: i64) -> StoreResult<u64>;
     /// The tenant's connections of one agent, by id.
@@ -661,6 +730,19 @@ fn to_i64(value: u64, what: &str) -> StoreResult<i64> {
 
 fn to_u64(value: i64, what: &str) -> StoreResult<u64> {
     u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("{what} {value} is negative")))
+}
+
+/// A borrowed pair as the owned key of a set or map.
+fn owned((first, second): (&str, &str)) -> (String, String) {
+    (first.to_owned(), second.to_owned())
+}
+
+/// One audit entry to insert, with where it goes and what is kept beside it.
+struct ChainAppend<'a> {
+    agent_did: &'a str,
+    connection_id: &'a str,
+    entry: &'a AuditEntry,
+    extra: &'a AuditExtra,
 }
 
 /// The key that names one audit chain (for per-chain locks).
@@ -779,6 +861,27 @@ impl TryFrom<AuditRow> for AuditEntry {
             self_hash: row.self_hash,
         })
     }
+}
+
+/// The last entry of a chain, with the chain's key.
+#[derive(sqlx::FromRow)]
+struct ChainHeadRow {
+    agent_did: String,
+    connection_id: String,
+    #[sqlx(flatten)]
+    entry: AuditRow,
+}
+
+/// Heads by chain, as [`store_impl`]'s appends want them.
+fn heads_by_chain(
+    rows: impl IntoIterator<Item = ChainHeadRow>,
+) -> StoreResult<HashMap<(String, String), AuditEntry>> {
+    rows.into_iter()
+        .map(|row| {
+            let entry = AuditEntry::try_from(row.entry)?;
+            Ok(((row.agent_did, row.connection_id), entry))
+        })
+        .collect()
 }
 
 #[derive(sqlx::FromRow)]
@@ -933,22 +1036,29 @@ fn quota_exceeded_fields(fields: NewAuditEntry, plan: Plan, used: u64, cap: u64)
 /// - `async fn begin_maintenance(&self)` (same type): a transaction of host-wide queue
 ///   upkeep (expiring messages; Postgres: sets `arp.scope = 'maintenance'`, which the
 ///   policies let read and update messages only);
-/// - `async fn lock_chain(tx: &mut sqlx::Transaction<'static, $db>, key: &str) ->
-///   StoreResult<()>`: hold the lock of one audit chain until the transaction ends, before
-///   its head is read (Postgres: an advisory lock; SQLite: already held).
+/// - `async fn lock_chains(tx: &mut sqlx::Transaction<'static, $db>, keys: &[String]) ->
+///   StoreResult<()>`: hold the locks of these audit chains until the transaction ends,
+///   before their heads are read (Postgres: advisory locks, taken in one order; SQLite:
+///   already held);
+/// - `async fn chain_heads(tx: &mut sqlx::Transaction<'static, $db>, scope: &TenantScope,
+///   chains: &[(&str, &str)]) -> StoreResult<HashMap<(String, String), AuditEntry>>`: the
+///   last entry of each of these (agent, connection) chains that has one.
 macro_rules! store_impl {
     ($store:ident, $db:ty, $backend:literal) => {
         mod store_impl {
+            use std::collections::{BTreeMap, BTreeSet, HashSet};
+
             use async_trait::async_trait;
             use sqlx::types::Json;
 
             use super::$store;
             use $crate::audit::{AuditEntry, NewAuditEntry};
             use $crate::store::{
-                Agent, AgentRow, AllowedInbound, AuditExtra, AuditRow, Connection, ConnectionRow,
-                InboundOutcome, InboundRecord, NewMessage, Plan, QueuedMessage, QueuedMessageRow,
-                Revocation, RevocationRow, Store, StoreError, StoreResult, Tenant, TenantRow,
-                TenantScope, chain_key, now_ms, quota_exceeded_fields, sql, to_i64, to_u64,
+                Agent, AgentRow, AllowedInbound, AuditExtra, AuditRow, ChainAppend, Connection,
+                ConnectionRow, InboundOutcome, InboundRecord, NewMessage, Plan, QueuedMessage,
+                QueuedMessageRow, Revocation, RevocationRow, Store, StoreError, StoreResult,
+                Tenant, TenantRow, TenantScope, chain_key, now_ms, owned, quota_exceeded_fields,
+                sql, to_i64, to_u64,
             };
             // Tenant administration (issue #5).
             use $crate::connection::REVOKED_CONNECTION;
@@ -960,19 +1070,80 @@ macro_rules! store_impl {
 
             /// The single-statement steps that both a transaction and the pool run.
             impl $store {
-                /// Inserts the replay guard row; `false` when it was there already.
-                async fn insert_replay<'e>(
+                /// Inserts the replay guard rows (keys in order, so that concurrent inserts
+                /// lock them in one order); returns the keys that were new: the others
+                /// were received before.
+                async fn insert_replays<'e, 'k>(
                     executor: impl sqlx::Executor<'e, Database = $db>,
-                    signer_did: &str,
-                    msg_id: &str,
-                ) -> StoreResult<bool> {
-                    let done = sqlx::query(sql::INSERT_REPLAY)
-                        .bind(signer_did)
-                        .bind(msg_id)
-                        .bind(now_ms())
+                    keys: &[(&'k str, &'k str)],
+                ) -> StoreResult<HashSet<(String, String)>> {
+                    if keys.is_empty() {
+                        return Ok(HashSet::new());
+                    }
+                    let seen_at = now_ms();
+                    let mut query = sqlx::QueryBuilder::<$db>::new(sql::INSERT_REPLAYS);
+                    query.push_values(keys, |mut row, (signer_did, msg_id)| {
+                        row.push_bind(*signer_did)
+                            .push_bind(*msg_id)
+                            .push_bind(seen_at);
+                    });
+                    query.push(sql::INSERT_REPLAYS_RETURNING_NEW);
+                    let new: Vec<(String, String)> =
+                        query.build_query_as().fetch_all(executor).await?;
+                    Ok(new.into_iter().collect())
+                }
+
+                /// Of these (agent, connection) pairs, those whose connection is active and
+                /// not on the agent's revocation list.
+                async fn usable_connections<'e, 'k>(
+                    executor: impl sqlx::Executor<'e, Database = $db>,
+                    scope: &'k TenantScope,
+                    pairs: &[(&'k str, &'k str)],
+                ) -> StoreResult<HashSet<(String, String)>> {
+                    if pairs.is_empty() {
+                        return Ok(HashSet::new());
+                    }
+                    let mut query = sqlx::QueryBuilder::<$db>::new(sql::WANTED_CHAINS);
+                    query.push_values(pairs, |mut row, (agent_did, connection_id)| {
+                        row.push_bind(*agent_did).push_bind(*connection_id);
+                    });
+                    query.push(sql::USABLE_OF_WANTED);
+                    query.push_bind(scope.tenant_id());
+                    query.push(sql::USABLE_OF_WANTED_NOT_REVOKED);
+                    query.push_bind(REVOKED_CONNECTION);
+                    query.push(")");
+                    let usable: Vec<(String, String)> =
+                        query.build_query_as().fetch_all(executor).await?;
+                    Ok(usable.into_iter().collect())
+                }
+
+                /// The period's usage, its row locked until the transaction ends.
+                async fn lock_usage<'e>(
+                    executor: impl sqlx::Executor<'e, Database = $db>,
+                    scope: &TenantScope,
+                    period: &str,
+                ) -> StoreResult<u64> {
+                    let used: i64 = sqlx::query_scalar(sql::LOCK_USAGE)
+                        .bind(scope.tenant_id())
+                        .bind(period)
+                        .fetch_one(executor)
+                        .await?;
+                    to_u64(used, "usage")
+                }
+
+                async fn add_usage<'e>(
+                    executor: impl sqlx::Executor<'e, Database = $db>,
+                    scope: &TenantScope,
+                    period: &str,
+                    count: u64,
+                ) -> StoreResult<()> {
+                    sqlx::query(sql::ADD_USAGE)
+                        .bind(scope.tenant_id())
+                        .bind(period)
+                        .bind(to_i64(count, "usage")?)
                         .execute(executor)
                         .await?;
-                    Ok(done.rows_affected() == 1)
+                    Ok(())
                 }
 
                 async fn count_usage<'e>(
@@ -1008,76 +1179,106 @@ macro_rules! store_impl {
                     to_u64(used.unwrap_or(0), "usage")
                 }
 
-                /// The last entry of a chain (read under the chain's lock).
-                async fn chain_head<'e>(
-                    executor: impl sqlx::Executor<'e, Database = $db>,
+                /// Appends one entry to a chain in `tx`: the chain's lock first, then its
+                /// head, so no other writer can append in between (the lock is released at
+                /// commit or rollback).
+                async fn append_in_transaction(
+                    tx: &mut sqlx::Transaction<'static, $db>,
                     scope: &TenantScope,
                     agent_did: &str,
                     connection_id: &str,
-                ) -> StoreResult<Option<AuditEntry>> {
-                    let head: Option<AuditRow> = sqlx::query_as(sql::SELECT_CHAIN_HEAD)
-                        .bind(scope.tenant_id())
-                        .bind(agent_did)
-                        .bind(connection_id)
-                        .fetch_optional(executor)
-                        .await?;
-                    head.map(AuditEntry::try_from).transpose()
+                    entry: NewAuditEntry,
+                    extra: &AuditExtra,
+                ) -> StoreResult<AuditEntry> {
+                    Self::lock_chains(tx, &[chain_key(scope, agent_did, connection_id)]).await?;
+                    let heads = Self::chain_heads(tx, scope, &[(agent_did, connection_id)]).await?;
+                    let head = heads.into_values().next();
+                    let next = AuditEntry::next(head.as_ref(), entry)?;
+                    let append = ChainAppend {
+                        agent_did,
+                        connection_id,
+                        entry: &next,
+                        extra,
+                    };
+                    Self::insert_audits(&mut **tx, scope, &[append]).await?;
+                    Ok(next)
                 }
 
-                async fn insert_audit<'e>(
+                /// Appends entries (one multi-row insert).
+                async fn insert_audits<'e>(
                     executor: impl sqlx::Executor<'e, Database = $db>,
                     scope: &TenantScope,
-                    agent_did: &str,
-                    connection_id: &str,
-                    entry: &AuditEntry,
-                    extra: &AuditExtra,
+                    appends: &[ChainAppend<'_>],
                 ) -> StoreResult<()> {
-                    let fuel_used = extra
-                        .fuel_used
-                        .map(|fuel| to_i64(fuel, "fuel_used"))
-                        .transpose()?;
-                    sqlx::query(sql::INSERT_AUDIT)
-                        .bind(scope.tenant_id())
-                        .bind(agent_did)
-                        .bind(connection_id)
-                        .bind(to_i64(entry.seq, "seq")?)
-                        .bind(&entry.timestamp)
-                        .bind(&entry.msg_id)
-                        .bind(entry.decision.as_str())
-                        .bind(Json(&entry.policies_fired))
-                        .bind(Json(&entry.obligations))
-                        .bind(entry.spend_delta_cents)
-                        .bind(&entry.reason)
-                        .bind(&entry.prev_hash)
-                        .bind(&entry.self_hash)
-                        .bind(&extra.policy_digest)
-                        .bind(fuel_used)
-                        .bind(&extra.envelope_sha256)
-                        .execute(executor)
-                        .await?;
+                    if appends.is_empty() {
+                        return Ok(());
+                    }
+                    let numbers = appends
+                        .iter()
+                        .map(|append| {
+                            let seq = to_i64(append.entry.seq, "seq")?;
+                            let fuel_used = append
+                                .extra
+                                .fuel_used
+                                .map(|fuel| to_i64(fuel, "fuel_used"))
+                                .transpose()?;
+                            Ok((seq, fuel_used))
+                        })
+                        .collect::<StoreResult<Vec<_>>>()?;
+                    let mut query = sqlx::QueryBuilder::<$db>::new(sql::INSERT_AUDITS);
+                    query.push_values(
+                        appends.iter().zip(numbers),
+                        |mut row, (append, (seq, fuel_used))| {
+                            let entry = append.entry;
+                            row.push_bind(scope.tenant_id())
+                                .push_bind(append.agent_did)
+                                .push_bind(append.connection_id)
+                                .push_bind(seq)
+                                .push_bind(&entry.timestamp)
+                                .push_bind(&entry.msg_id)
+                                .push_bind(entry.decision.as_str())
+                                .push_bind(Json(&entry.policies_fired))
+                                .push_bind(Json(&entry.obligations))
+                                .push_bind(entry.spend_delta_cents)
+                                .push_bind(&entry.reason)
+                                .push_bind(&entry.prev_hash)
+                                .push_bind(&entry.self_hash)
+                                .push_bind(&append.extra.policy_digest)
+                                .push_bind(fuel_used)
+                                .push_bind(&append.extra.envelope_sha256);
+                        },
+                    );
+                    query.build().execute(executor).await?;
                     Ok(())
                 }
 
-                async fn insert_message<'e>(
+                /// Queues messages (one multi-row insert).
+                async fn insert_messages<'e>(
                     executor: impl sqlx::Executor<'e, Database = $db>,
                     scope: &TenantScope,
-                    message: &NewMessage,
+                    messages: &[&NewMessage],
                 ) -> StoreResult<()> {
-                    sqlx::query(sql::INSERT_MESSAGE)
-                        .bind(scope.tenant_id())
-                        .bind(&message.id)
-                        .bind(&message.agent_did)
-                        .bind(&message.connection_id)
-                        .bind(&message.msg_id)
-                        .bind(&message.msg_type)
-                        .bind(&message.envelope)
-                        .bind(&message.peer_did)
-                        .bind(Json(&message.obligations))
-                        .bind(Json(&message.policies_fired))
-                        .bind(now_ms())
-                        .bind(message.expires_at_ms)
-                        .execute(executor)
-                        .await?;
+                    if messages.is_empty() {
+                        return Ok(());
+                    }
+                    let created_at = now_ms();
+                    let mut query = sqlx::QueryBuilder::<$db>::new(sql::INSERT_MESSAGES);
+                    query.push_values(messages, |mut row, message| {
+                        row.push_bind(scope.tenant_id())
+                            .push_bind(&message.id)
+                            .push_bind(&message.agent_did)
+                            .push_bind(&message.connection_id)
+                            .push_bind(&message.msg_id)
+                            .push_bind(&message.msg_type)
+                            .push_bind(&message.envelope)
+                            .push_bind(&message.peer_did)
+                            .push_bind(Json(&message.obligations))
+                            .push_bind(Json(&message.policies_fired))
+                            .push_bind("queued")
+                            .push_bind(created_at)
+                            .push_bind(message.expires_at_ms);
+                    });
+                    query.build().execute(executor).await?;
                     Ok(())
                 }
             }
@@ -1261,7 +1462,8 @@ macro_rules! store_impl {
                 }
 
                 async fn record_replay(&self, signer_did: &str, msg_id: &str) -> StoreResult<()> {
-                    if Self::insert_replay(&self.pool, signer_did, msg_id).await? {
+                    let new = Self::insert_replays(&self.pool, &[(signer_did, msg_id)]).await?;
+                    if !new.is_empty() {
                         Ok(())
                     } else {
                         Err(StoreError::Conflict(format!(
@@ -1297,14 +1499,16 @@ macro_rules! store_impl {
                     entry: NewAuditEntry,
                     extra: AuditExtra,
                 ) -> StoreResult<AuditEntry> {
-                    // The chain's lock first, then the head: no other writer can append in
-                    // between. Released at commit or rollback.
                     let mut tx = self.begin_write(scope).await?;
-                    Self::lock_chain(&mut tx, &chain_key(scope, agent_did, connection_id)).await?;
-                    let head = Self::chain_head(&mut *tx, scope, agent_did, connection_id).await?;
-                    let next = AuditEntry::next(head.as_ref(), entry)?;
-                    Self::insert_audit(&mut *tx, scope, agent_did, connection_id, &next, &extra)
-                        .await?;
+                    let next = Self::append_in_transaction(
+                        &mut tx,
+                        scope,
+                        agent_did,
+                        connection_id,
+                        entry,
+                        &extra,
+                    )
+                    .await?;
                     tx.commit().await?;
                     Ok(next)
                 }
@@ -1332,7 +1536,7 @@ macro_rules! store_impl {
                     message: &NewMessage,
                 ) -> StoreResult<()> {
                     let mut tx = self.begin_scoped(scope).await?;
-                    Self::insert_message(&mut *tx, scope, message).await?;
+                    Self::insert_messages(&mut *tx, scope, &[message]).await?;
                     tx.commit().await?;
                     Ok(())
                 }
@@ -1617,16 +1821,12 @@ macro_rules! store_impl {
                             .execute(&mut *tx)
                             .await?;
                     }
-                    let agent_did = connection.agent_did.clone();
-                    Self::lock_chain(&mut tx, &chain_key(scope, &agent_did, connection_id)).await?;
-                    let head = Self::chain_head(&mut *tx, scope, &agent_did, connection_id).await?;
-                    let next = AuditEntry::next(head.as_ref(), entry)?;
-                    Self::insert_audit(
-                        &mut *tx,
+                    let next = Self::append_in_transaction(
+                        &mut tx,
                         scope,
-                        &agent_did,
+                        &connection.agent_did,
                         connection_id,
-                        &next,
+                        entry,
                         &AuditExtra::default(),
                     )
                     .await?;
@@ -1634,81 +1834,157 @@ macro_rules! store_impl {
                     Ok((connection, next))
                 }
 
-                async fn record_inbound(
+                async fn record_inbound_batch(
                     &self,
                     scope: &TenantScope,
-                    record: InboundRecord,
-                ) -> StoreResult<InboundOutcome> {
-                    let InboundRecord {
-                        signer_did,
-                        msg_id,
-                        agent_did,
-                        connection_id,
-                        audit,
-                        extra,
-                        allow,
-                        require_usable_connection,
-                        notify_hosts,
-                    } = record;
+                    records: Vec<InboundRecord>,
+                ) -> StoreResult<Vec<StoreResult<InboundOutcome>>> {
+                    let mut refusals: Vec<Option<StoreError>> =
+                        records.iter().map(|_| None).collect();
                     let mut tx = self.begin_write(scope).await?;
+
                     // (0) A connection taken from a cache must still carry messages.
-                    if require_usable_connection {
-                        let usable = sqlx::query(sql::SELECT_USABLE_CONNECTION)
-                            .bind(scope.tenant_id())
-                            .bind(&connection_id)
-                            .bind(&agent_did)
-                            .bind($crate::connection::REVOKED_CONNECTION)
-                            .fetch_optional(&mut *tx)
-                            .await?;
-                        if usable.is_none() {
-                            return Err(StoreError::Stale);
-                        }
-                    }
-                    // (1) The replay guard: a replay ends here, the transaction rolled back
-                    // when dropped.
-                    if !Self::insert_replay(&mut *tx, &signer_did, &msg_id).await? {
-                        return Err(StoreError::Replayed);
-                    }
-                    // (2) The chain's lock, then its head.
-                    Self::lock_chain(&mut tx, &chain_key(scope, &agent_did, &connection_id))
-                        .await?;
-                    let head =
-                        Self::chain_head(&mut *tx, scope, &agent_did, &connection_id).await?;
-                    // (3) Count an allowed message if under the cap.
-                    let mut over_quota = None;
-                    if let Some(AllowedInbound { period, plan, .. }) = &allow {
-                        let cap = plan.monthly_cap();
-                        if Self::count_usage(&mut *tx, scope, period, cap)
-                            .await?
-                            .is_none()
+                    let cached: BTreeSet<(&str, &str)> = records
+                        .iter()
+                        .filter(|record| record.require_usable_connection)
+                        .map(InboundRecord::chain)
+                        .collect();
+                    let cached: Vec<_> = cached.into_iter().collect();
+                    let usable = Self::usable_connections(&mut *tx, scope, &cached).await?;
+                    for (record, refusal) in records.iter().zip(&mut refusals) {
+                        if record.require_usable_connection
+                            && !usable.contains(&owned(record.chain()))
                         {
-                            let used = Self::read_usage(&mut *tx, scope, period).await?;
-                            over_quota = Some((*plan, used, cap.unwrap_or(0)));
+                            *refusal = Some(StoreError::Stale);
                         }
                     }
-                    // (4) The audit entry, (5) the message.
-                    let fields = match over_quota {
-                        Some((plan, used, cap)) => quota_exceeded_fields(audit, plan, used, cap),
-                        None => audit,
-                    };
-                    let entry = AuditEntry::next(head.as_ref(), fields)?;
-                    Self::insert_audit(&mut *tx, scope, &agent_did, &connection_id, &entry, &extra)
-                        .await?;
-                    let outcome = match (allow, over_quota) {
-                        (_, Some((_, used, cap))) => {
-                            InboundOutcome::QuotaExceeded { entry, used, cap }
+
+                    // (1) The replay guard: the first record of a new key passes, any
+                    // other is a replay.
+                    let keys: BTreeSet<(&str, &str)> = records
+                        .iter()
+                        .zip(&refusals)
+                        .filter(|(_, refusal)| refusal.is_none())
+                        .map(|(record, _)| record.replay_key())
+                        .collect();
+                    let keys: Vec<_> = keys.into_iter().collect();
+                    let mut new_keys = Self::insert_replays(&mut *tx, &keys).await?;
+                    for (record, refusal) in records.iter().zip(&mut refusals) {
+                        if refusal.is_none() && !new_keys.remove(&owned(record.replay_key())) {
+                            *refusal = Some(StoreError::Replayed);
                         }
-                        (Some(allowed), None) => {
-                            Self::insert_message(&mut *tx, scope, &allowed.message).await?;
-                            if let Some(event) = &notify_hosts {
-                                Self::notify_in_transaction(&mut tx, event).await?;
+                    }
+
+                    // (2) The chains' locks, in key order, then their heads.
+                    let chains: BTreeSet<(&str, &str)> = records
+                        .iter()
+                        .zip(&refusals)
+                        .filter(|(_, refusal)| refusal.is_none())
+                        .map(|(record, _)| record.chain())
+                        .collect();
+                    let chains: Vec<_> = chains.into_iter().collect();
+                    let mut lock_keys: Vec<String> = chains
+                        .iter()
+                        .map(|(agent_did, connection_id)| {
+                            chain_key(scope, agent_did, connection_id)
+                        })
+                        .collect();
+                    lock_keys.sort();
+                    Self::lock_chains(&mut tx, &lock_keys).await?;
+                    let mut heads = Self::chain_heads(&mut tx, scope, &chains).await?;
+
+                    // (3) Each period's usage row, locked: allowed records are counted in
+                    // order while under their plan's cap.
+                    let mut usage: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+                    for (record, refusal) in records.iter().zip(&refusals) {
+                        if let (Some(allowed), None) = (&record.allow, refusal) {
+                            if !usage.contains_key(&allowed.period) {
+                                let used =
+                                    Self::lock_usage(&mut *tx, scope, &allowed.period).await?;
+                                usage.insert(allowed.period.clone(), (used, used));
                             }
-                            InboundOutcome::Queued { entry }
                         }
-                        (None, None) => InboundOutcome::Denied { entry },
-                    };
+                    }
+
+                    // (4) The audit entries and the queued messages, in order.
+                    let mut outcomes = Vec::with_capacity(records.len());
+                    let mut appended = Vec::new();
+                    for (record, refusal) in records.iter().zip(refusals) {
+                        if let Some(refusal) = refusal {
+                            outcomes.push(Err(refusal));
+                            continue;
+                        }
+                        let over_quota = match &record.allow {
+                            Some(AllowedInbound { period, plan, .. }) => {
+                                let (_, used) = usage.get_mut(period).ok_or_else(|| {
+                                    StoreError::Corrupt(format!("usage of {period} not read"))
+                                })?;
+                                match plan.monthly_cap() {
+                                    Some(cap) if *used >= cap => Some((*plan, *used, cap)),
+                                    _ => {
+                                        *used += 1;
+                                        None
+                                    }
+                                }
+                            }
+                            None => None,
+                        };
+                        let fields = match over_quota {
+                            Some((plan, used, cap)) => {
+                                quota_exceeded_fields(record.audit.clone(), plan, used, cap)
+                            }
+                            None => record.audit.clone(),
+                        };
+                        let chain = owned(record.chain());
+                        let entry = AuditEntry::next(heads.get(&chain), fields)?;
+                        heads.insert(chain, entry.clone());
+                        appended.push(entry.clone());
+                        outcomes.push(Ok(match (&record.allow, over_quota) {
+                            (_, Some((_, used, cap))) => {
+                                InboundOutcome::QuotaExceeded { entry, used, cap }
+                            }
+                            (Some(_), None) => InboundOutcome::Queued { entry },
+                            (None, None) => InboundOutcome::Denied { entry },
+                        }));
+                    }
+                    let appends: Vec<ChainAppend<'_>> = records
+                        .iter()
+                        .zip(&outcomes)
+                        .filter(|(_, outcome)| outcome.is_ok())
+                        .zip(&appended)
+                        .map(|((record, _), entry)| ChainAppend {
+                            agent_did: &record.agent_did,
+                            connection_id: &record.connection_id,
+                            entry,
+                            extra: &record.extra,
+                        })
+                        .collect();
+                    Self::insert_audits(&mut *tx, scope, &appends).await?;
+                    for (period, (before, after)) in &usage {
+                        if after > before {
+                            Self::add_usage(&mut *tx, scope, period, after - before).await?;
+                        }
+                    }
+                    let queued: Vec<(&NewMessage, Option<&String>)> = records
+                        .iter()
+                        .zip(&outcomes)
+                        .filter_map(|(record, outcome)| match (outcome, &record.allow) {
+                            (Ok(InboundOutcome::Queued { .. }), Some(allowed)) => {
+                                Some((&allowed.message, record.notify_hosts.as_ref()))
+                            }
+                            _ => None,
+                        })
+                        .collect();
+                    let messages: Vec<&NewMessage> =
+                        queued.iter().map(|(message, _)| *message).collect();
+                    Self::insert_messages(&mut *tx, scope, &messages).await?;
+                    let events: BTreeSet<&String> =
+                        queued.iter().filter_map(|(_, event)| *event).collect();
+                    for event in events {
+                        Self::notify_in_transaction(&mut tx, event).await?;
+                    }
                     tx.commit().await?;
-                    Ok(outcome)
+                    Ok(outcomes)
                 }
 
                 async fn ping(&self) -> StoreResult<()> {
@@ -1776,32 +2052,68 @@ macro_rules! store_impl {
                     to_u64(count, "deliverable count")
                 }
 
-                async fn count_attempt(&self, scope: &TenantScope, id: &str) -> StoreResult<()> {
-                    let mut tx = self.begin_scoped(scope).await?;
-                    sqlx::query(sql::COUNT_ATTEMPT)
-                        .bind(scope.tenant_id())
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await?;
-                    tx.commit().await?;
-                    Ok(())
-                }
-
-                async fn ack_message(
+                async fn take_for_push(
                     &self,
                     scope: &TenantScope,
                     agent_did: &str,
-                    id: &str,
-                ) -> StoreResult<bool> {
-                    let mut tx = self.begin_scoped(scope).await?;
-                    let done = sqlx::query(sql::ACK_MESSAGE)
+                    (offset, limit): (u32, u32),
+                    in_flight: &HashSet<String>,
+                    room: usize,
+                ) -> StoreResult<Vec<QueuedMessage>> {
+                    // Reads, then writes: the write lock first (SQLite), so the read is
+                    // not of a snapshot that another writer makes stale.
+                    let mut tx = self.begin_write(scope).await?;
+                    let rows: Vec<QueuedMessageRow> = sqlx::query_as(sql::SELECT_DELIVERABLE)
                         .bind(scope.tenant_id())
                         .bind(agent_did)
-                        .bind(id)
-                        .execute(&mut *tx)
+                        .bind(now_ms())
+                        .bind(i64::from(limit))
+                        .bind(i64::from(offset))
+                        .fetch_all(&mut *tx)
                         .await?;
+                    let taken: Vec<QueuedMessageRow> = rows
+                        .into_iter()
+                        .filter(|row| !in_flight.contains(&row.id))
+                        .take(room)
+                        .collect();
+                    if !taken.is_empty() {
+                        let mut query = sqlx::QueryBuilder::<$db>::new(sql::COUNT_ATTEMPTS);
+                        query.push_bind(scope.tenant_id()).push(" AND id IN (");
+                        let mut ids = query.separated(", ");
+                        for row in &taken {
+                            ids.push_bind(&row.id);
+                        }
+                        query.push(")");
+                        query.build().execute(&mut *tx).await?;
+                    }
                     tx.commit().await?;
-                    Ok(done.rows_affected() == 1)
+                    taken.into_iter().map(QueuedMessage::try_from).collect()
+                }
+
+                async fn ack_messages(
+                    &self,
+                    scope: &TenantScope,
+                    agent_did: &str,
+                    ids: &[String],
+                ) -> StoreResult<u64> {
+                    if ids.is_empty() {
+                        return Ok(0);
+                    }
+                    let mut tx = self.begin_write(scope).await?;
+                    let mut query = sqlx::QueryBuilder::<$db>::new(sql::ACK_MESSAGES);
+                    query
+                        .push_bind(scope.tenant_id())
+                        .push(" AND agent_did = ")
+                        .push_bind(agent_did)
+                        .push(" AND id IN (");
+                    let mut separated = query.separated(", ");
+                    for id in ids {
+                        separated.push_bind(id);
+                    }
+                    query.push(")");
+                    let done = query.build().execute(&mut *tx).await?;
+                    tx.commit().await?;
+                    Ok(done.rows_affected())
                 }
 
                 async fn expire_messages(&self, now_ms: i64) -> StoreResult<u64> {
@@ -1894,10 +2206,25 @@ mod sql {
     pub(super) const SELECT_REVOCATIONS: &str = "SELECT kind, id, created_at FROM revocations \
          WHERE tenant_id = $1 AND agent_did = $2 ORDER BY created_at, kind, id";
 
-    /// Inserts nothing (0 rows) when the key is there: a replay is not an error inside a
-    /// transaction (Postgres would abort it).
-    pub(super) const INSERT_REPLAY: &str = "INSERT INTO replay_guard (signer_did, msg_id, \
-         seen_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING";
+    /// Followed by the rows and [`INSERT_REPLAYS_RETURNING_NEW`]: a key already there
+    /// inserts nothing and returns nothing (a replay is not an error inside a transaction,
+    /// which Postgres would abort).
+    pub(super) const INSERT_REPLAYS: &str =
+        "INSERT INTO replay_guard (signer_did, msg_id, seen_at) ";
+    pub(super) const INSERT_REPLAYS_RETURNING_NEW: &str =
+        " ON CONFLICT DO NOTHING RETURNING signer_did, msg_id";
+
+    /// Followed by the rows `(agent_did, connection_id)`, then a query of `wanted`.
+    pub(super) const WANTED_CHAINS: &str = "WITH wanted (agent_did, connection_id) AS (";
+    /// After [`WANTED_CHAINS`]: the wanted pairs whose connection is active (then the
+    /// tenant, [`USABLE_OF_WANTED_NOT_REVOKED`], the revocation kind and `)`).
+    pub(super) const USABLE_OF_WANTED: &str = ") SELECT w.agent_did, w.connection_id \
+         FROM wanted w JOIN connections c ON c.connection_id = w.connection_id \
+         AND c.status = 'active' AND c.tenant_id = ";
+    /// ... and not on the agent's revocation list.
+    pub(super) const USABLE_OF_WANTED_NOT_REVOKED: &str = " WHERE NOT EXISTS (SELECT 1 \
+         FROM revocations r WHERE r.tenant_id = c.tenant_id AND r.agent_did = w.agent_did \
+         AND r.id = c.connection_id AND r.kind = ";
 
     /// One statement, so atomic on both backends: the conflicting row is locked (Postgres)
     /// or the database is (SQLite) while the cap is checked; nothing is written when the
@@ -1909,34 +2236,51 @@ mod sql {
     pub(super) const SELECT_USAGE: &str =
         "SELECT inbound FROM usage WHERE tenant_id = $1 AND period = $2";
 
-    /// Postgres only: the per-chain lock of an append, held until the transaction ends.
-    pub(super) const LOCK_CHAIN: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))";
+    /// Row-locks the period's usage (creating it at 0) and returns its count.
+    pub(super) const LOCK_USAGE: &str = "INSERT INTO usage (tenant_id, period, inbound) \
+         VALUES ($1, $2, 0) ON CONFLICT (tenant_id, period) \
+         DO UPDATE SET inbound = usage.inbound RETURNING inbound";
+    pub(super) const ADD_USAGE: &str =
+        "UPDATE usage SET inbound = inbound + $3 WHERE tenant_id = $1 AND period = $2";
 
-    pub(super) const SELECT_CHAIN_HEAD: &str = "SELECT seq, timestamp, msg_id, decision, \
-         policies_fired, obligations, spend_delta_cents, reason, prev_hash, self_hash \
-         FROM audit_entries WHERE tenant_id = $1 AND agent_did = $2 AND connection_id = $3 \
+    /// Postgres only: the per-chain locks of appends, held until the transaction ends.
+    /// Taken in the order of their lock keys, so two transactions wanting some of the same
+    /// chains cannot deadlock (Postgres evaluates a volatile output column after the sort).
+    pub(super) const LOCK_CHAINS: &str = "SELECT pg_advisory_xact_lock(lock_key) \
+         FROM (SELECT DISTINCT hashtextextended(chain, 0) AS lock_key \
+         FROM unnest($1::text[]) AS chain) AS chains ORDER BY lock_key";
+
+    /// SQLite: the last entry of a chain (`$1` tenant, `$2` agent, `$3` connection).
+    pub(super) const SELECT_CHAIN_HEAD: &str = "SELECT agent_did, connection_id, seq, \
+         timestamp, msg_id, decision, policies_fired, obligations, spend_delta_cents, reason, \
+         prev_hash, self_hash FROM audit_entries \
+         WHERE tenant_id = $1 AND agent_did = $2 AND connection_id = $3 \
          ORDER BY seq DESC LIMIT 1";
+    /// Postgres: the last entry of each chain (`$1` tenant, `$2` agents, `$3` connections),
+    /// one statement whatever the number of chains.
+    pub(super) const SELECT_CHAIN_HEADS: &str = "SELECT a.agent_did, a.connection_id, a.seq, \
+         a.timestamp, a.msg_id, a.decision, a.policies_fired, a.obligations, \
+         a.spend_delta_cents, a.reason, a.prev_hash, a.self_hash \
+         FROM unnest($2::text[], $3::text[]) AS w(agent_did, connection_id) \
+         CROSS JOIN LATERAL (SELECT * FROM audit_entries e WHERE e.tenant_id = $1 \
+         AND e.agent_did = w.agent_did AND e.connection_id = w.connection_id \
+         ORDER BY e.seq DESC LIMIT 1) AS a";
     pub(super) const SELECT_AUDIT_CHAINS: &str = "SELECT DISTINCT agent_did, connection_id \
          FROM audit_entries WHERE tenant_id = $1";
     pub(super) const SELECT_CHAIN: &str = "SELECT seq, timestamp, msg_id, decision, \
          policies_fired, obligations, spend_delta_cents, reason, prev_hash, self_hash \
          FROM audit_entries WHERE tenant_id = $1 AND agent_did = $2 AND connection_id = $3 \
          ORDER BY seq";
-    pub(super) const INSERT_AUDIT: &str = "INSERT INTO audit_entries (tenant_id, agent_did, \
+    /// Followed by the rows.
+    pub(super) const INSERT_AUDITS: &str = "INSERT INTO audit_entries (tenant_id, agent_did, \
          connection_id, seq, timestamp, msg_id, decision, policies_fired, obligations, \
          spend_delta_cents, reason, prev_hash, self_hash, policy_digest, fuel_used, \
-         envelope_sha256) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)";
+         envelope_sha256) ";
 
-    pub(super) const INSERT_MESSAGE: &str = "INSERT INTO messages (tenant_id, id, agent_did, \
+    /// Followed by the rows.
+    pub(super) const INSERT_MESSAGES: &str = "INSERT INTO messages (tenant_id, id, agent_did, \
          connection_id, msg_id, msg_type, envelope, peer_did, obligations, policies_fired, \
-         status, attempts, created_at, expires_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'queued', 0, $11, $12)";
-    /// The connection is active and its id is not on the agent's revocation list.
-    pub(super) const SELECT_USABLE_CONNECTION: &str = "SELECT 1 FROM connections c \
-         WHERE c.tenant_id = $1 AND c.connection_id = $2 AND c.status = 'active' \
-         AND NOT EXISTS (SELECT 1 FROM revocations r WHERE r.tenant_id = c.tenant_id \
-         AND r.agent_did = $3 AND r.kind = $4 AND r.id = c.connection_id)";
+         status, created_at, expires_at) ";
     pub(super) const SELECT_MESSAGE_STATUS: &str =
         "SELECT status FROM messages WHERE tenant_id = $1 AND id = $2";
     /// Arrival order: queue ids are UUIDv7, ordered by creation within a host.
@@ -1948,10 +2292,12 @@ mod sql {
     pub(super) const COUNT_DELIVERABLE: &str = "SELECT COUNT(*) FROM messages \
          WHERE tenant_id = $1 AND agent_did = $2 AND status = 'queued' \
          AND (expires_at IS NULL OR expires_at > $3)";
-    pub(super) const COUNT_ATTEMPT: &str = "UPDATE messages SET attempts = attempts + 1 \
-         WHERE tenant_id = $1 AND id = $2";
-    pub(super) const ACK_MESSAGE: &str = "UPDATE messages SET status = 'delivered' \
-         WHERE tenant_id = $1 AND agent_did = $2 AND id = $3 AND status = 'queued'";
+    /// Followed by the tenant, then `AND id IN (...)`.
+    pub(super) const COUNT_ATTEMPTS: &str =
+        "UPDATE messages SET attempts = attempts + 1 WHERE tenant_id = ";
+    /// Followed by the tenant, the agent and the ids.
+    pub(super) const ACK_MESSAGES: &str =
+        "UPDATE messages SET status = 'delivered' WHERE status = 'queued' AND tenant_id = ";
     pub(super) const EXPIRE_MESSAGES: &str = "UPDATE messages SET status = 'expired' \
          WHERE status = 'queued' AND expires_at <= $1";
     pub(super) const SELECT_AGENT_CONNECTIONS: &str = "SELECT connection_id, agent_did, \

@@ -14,13 +14,15 @@
 //! `tenant_id = $1` would still see nothing of another tenant. The cost is a `BEGIN`, a
 //! `set_config` and a `COMMIT` around each operation.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Connection as _, Postgres};
 
-use super::{StoreError, StoreResult, TenantScope, sql};
+use super::{ChainHeadRow, StoreError, StoreResult, TenantScope, heads_by_chain, sql};
+use crate::audit::AuditEntry;
 
 /// How long to wait for a connection (or for the server to answer a connect) before the
 /// store is `Unavailable`: a request should fail fast with 503 rather than hang.
@@ -74,6 +76,22 @@ impl PostgresStore {
         &self.pool
     }
 
+    /// A transaction on a live connection. An idle connection the server ended (a
+    /// restart, an administrator) fails its first statement; a failed `BEGIN` has done
+    /// nothing, so it is retried on another connection (up to the pool's size) rather than
+    /// failing one request per dead connection once the database is back.
+    async fn begin(&self) -> StoreResult<sqlx::Transaction<'static, Postgres>> {
+        let mut retries = 0;
+        loop {
+            match self.pool.begin().await {
+                Err(error) if retries < MAX_CONNECTIONS && ended_by_server(&error) => {
+                    retries += 1;
+                }
+                result => return Ok(result?),
+            }
+        }
+    }
+
     /// A transaction of the tenant that will write: an ordinary one (locks are taken per
     /// row or chain), with the tenant set for row-level security.
     async fn begin_write(
@@ -89,7 +107,7 @@ impl PostgresStore {
         &self,
         scope: &TenantScope,
     ) -> StoreResult<sqlx::Transaction<'static, Postgres>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query(sql::SET_TENANT)
             .bind(scope.tenant_id())
             .execute(&mut *tx)
@@ -100,7 +118,7 @@ impl PostgresStore {
     /// A transaction of a host-wide read: the policies let it read every tenant's routing
     /// rows (agents by DID, API keys by hash, the queue), never write.
     async fn begin_host(&self) -> StoreResult<sqlx::Transaction<'static, Postgres>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query(sql::SET_HOST_SCOPE).execute(&mut *tx).await?;
         Ok(tx)
     }
@@ -108,24 +126,53 @@ impl PostgresStore {
     /// A transaction of host-wide queue upkeep: the policies let it read and update
     /// messages of every tenant, and nothing else.
     async fn begin_maintenance(&self) -> StoreResult<sqlx::Transaction<'static, Postgres>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query(sql::SET_MAINTENANCE_SCOPE)
             .execute(&mut *tx)
             .await?;
         Ok(tx)
     }
 
-    /// Takes the chain's advisory lock, held until the transaction ends: appends to one
-    /// chain (on any host sharing the database) queue behind each other here.
-    async fn lock_chain(
+    /// The last entry of each chain, in one statement.
+    async fn chain_heads(
         tx: &mut sqlx::Transaction<'static, Postgres>,
-        key: &str,
-    ) -> StoreResult<()> {
-        sqlx::query(sql::LOCK_CHAIN)
-            .bind(key)
-            .execute(&mut **tx)
+        scope: &TenantScope,
+        chains: &[(&str, &str)],
+    ) -> StoreResult<HashMap<(String, String), AuditEntry>> {
+        let (agents, connections): (Vec<&str>, Vec<&str>) = chains.iter().copied().unzip();
+        let rows: Vec<ChainHeadRow> = sqlx::query_as(sql::SELECT_CHAIN_HEADS)
+            .bind(scope.tenant_id())
+            .bind(agents)
+            .bind(connections)
+            .fetch_all(&mut **tx)
             .await?;
+        heads_by_chain(rows)
+    }
+
+    /// Takes the chains' advisory locks, held until the transaction ends: appends to one
+    /// chain (on any host sharing the database) queue behind each other here.
+    async fn lock_chains(
+        tx: &mut sqlx::Transaction<'static, Postgres>,
+        keys: &[String],
+    ) -> StoreResult<()> {
+        if !keys.is_empty() {
+            sqlx::query(sql::LOCK_CHAINS)
+                .bind(keys)
+                .execute(&mut **tx)
+                .await?;
+        }
         Ok(())
+    }
+}
+
+/// The connection was lost or ended by the server (admin shutdown, crash, restart).
+fn ended_by_server(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(error) => error
+            .code()
+            .is_some_and(|code| code.starts_with("57P") || code.starts_with("08")),
+        _ => false,
     }
 }
 

@@ -5,6 +5,7 @@
 //! two appends (from this process or another) never read the same head. Waiting for the
 //! lock is bounded by [`BUSY_TIMEOUT`].
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -14,7 +15,8 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use super::{StoreError, StoreResult, TenantScope};
+use super::{ChainHeadRow, StoreError, StoreResult, TenantScope, heads_by_chain, sql};
+use crate::audit::AuditEntry;
 
 /// How long a writer waits for another writer before failing with `Unavailable`: long
 /// enough to ride out a burst of appends, short enough that a wedged writer shows.
@@ -103,10 +105,29 @@ impl SqliteStore {
         Ok(self.pool.begin().await?)
     }
 
+    /// The last entry of each chain (a query per chain: SQLite runs in this process).
+    async fn chain_heads(
+        tx: &mut sqlx::Transaction<'static, Sqlite>,
+        scope: &TenantScope,
+        chains: &[(&str, &str)],
+    ) -> StoreResult<HashMap<(String, String), AuditEntry>> {
+        let mut rows = Vec::with_capacity(chains.len());
+        for (agent_did, connection_id) in chains {
+            let head: Option<ChainHeadRow> = sqlx::query_as(sql::SELECT_CHAIN_HEAD)
+                .bind(scope.tenant_id())
+                .bind(agent_did)
+                .bind(connection_id)
+                .fetch_optional(&mut **tx)
+                .await?;
+            rows.extend(head);
+        }
+        heads_by_chain(rows)
+    }
+
     /// Nothing to do: the write lock of [`Self::begin_write`] covers every chain.
-    async fn lock_chain(
+    async fn lock_chains(
         _tx: &mut sqlx::Transaction<'static, Sqlite>,
-        _key: &str,
+        _keys: &[String],
     ) -> StoreResult<()> {
         Ok(())
     }
