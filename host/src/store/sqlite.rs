@@ -2,8 +2,9 @@
 //!
 //! Writers are serialized by SQLite itself: an audit append runs in a `BEGIN IMMEDIATE`
 //! transaction, which takes the database's write lock before it reads the chain head, so
-//! two appends (from this process or another) never read the same head. Waiting for the
-//! lock is bounded by [`BUSY_TIMEOUT`].
+//! two appends (from this process or another) never read the same head. Within this
+//! process such transactions take turns on one writer connection, in arrival order; a
+//! writer of another process is waited for by SQLite, both bounded by [`BUSY_TIMEOUT`].
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -33,6 +34,9 @@ pub const DEFAULT_FILE_NAME: &str = "arp-host.sqlite3";
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// One connection for the transactions of [`Self::begin_write`]: writers wait for it
+    /// in turn, instead of in SQLite's busy handler, which sleeps in steps of up to 100 ms.
+    writer: SqlitePool,
 }
 
 impl SqliteStore {
@@ -57,19 +61,24 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            // sqlx pings every connection it hands out by default: a round trip per query.
-            // A dead connection fails its query instead (answered 503) and is discarded.
-            .test_before_acquire(false)
-            .max_connections(MAX_CONNECTIONS)
-            .acquire_timeout(BUSY_TIMEOUT)
-            .connect_with(options)
+        let pool_of = |connections| {
+            SqlitePoolOptions::new()
+                // sqlx pings every connection it hands out by default: a round trip per
+                // query. A dead connection fails its query instead (answered 503) and is
+                // discarded.
+                .test_before_acquire(false)
+                .max_connections(connections)
+                .acquire_timeout(BUSY_TIMEOUT)
+        };
+        let pool = pool_of(MAX_CONNECTIONS)
+            .connect_with(options.clone())
             .await?;
         sqlx::migrate!("../migrations/sqlite")
             .run(&pool)
             .await
             .map_err(StoreError::Migrate)?;
-        Ok(Self { pool })
+        let writer = pool_of(1).connect_with(options).await?;
+        Ok(Self { pool, writer })
     }
 
     /// The pool, for tests and tools.
@@ -83,7 +92,7 @@ impl SqliteStore {
         &self,
         _scope: &TenantScope,
     ) -> StoreResult<sqlx::Transaction<'static, Sqlite>> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
     }
 
     /// A transaction for one tenant-scoped operation (SQLite has no row-level security:
