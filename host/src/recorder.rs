@@ -56,14 +56,20 @@ impl Recorder {
         record: InboundRecord,
     ) -> StoreResult<InboundOutcome> {
         let (outcome, committed) = oneshot::channel();
+        let waiting = Waiting { record, outcome };
+        // A tenant without a queue has no writer: this record starts one.
         let start_writer = {
-            let mut waiting = self.lock();
-            let start_writer = !waiting.contains_key(scope.tenant_id());
-            waiting
-                .entry(scope.tenant_id().to_owned())
-                .or_default()
-                .push(Waiting { record, outcome });
-            start_writer
+            let mut queues = self.lock();
+            match queues.get_mut(scope.tenant_id()) {
+                Some(queue) => {
+                    queue.push(waiting);
+                    false
+                }
+                None => {
+                    queues.insert(scope.tenant_id().to_owned(), vec![waiting]);
+                    true
+                }
+            }
         };
         if start_writer {
             let recorder = self.clone();

@@ -383,6 +383,17 @@ pub enum InboundOutcome {
     },
 }
 
+impl InboundOutcome {
+    /// The audit entry appended.
+    pub fn entry(&self) -> &AuditEntry {
+        match self {
+            Self::Queued { entry } | Self::QuotaExceeded { entry, .. } | Self::Denied { entry } => {
+                entry
+            }
+        }
+    }
+}
+
 /// A message waiting in the queue.
 #[derive(Clone, Debug, PartialEq)]
 pub struct QueuedMessage {
@@ -732,6 +743,18 @@ fn to_u64(value: i64, what: &str) -> StoreResult<u64> {
     u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("{what} {value} is negative")))
 }
 
+/// The records of a batch not refused so far.
+fn accepted<'r>(
+    records: &'r [InboundRecord],
+    refusals: &'r [Option<StoreError>],
+) -> impl Iterator<Item = &'r InboundRecord> {
+    records
+        .iter()
+        .zip(refusals)
+        .filter(|(_, refusal)| refusal.is_none())
+        .map(|(record, _)| record)
+}
+
 /// A borrowed pair as the owned key of a set or map.
 fn owned((first, second): (&str, &str)) -> (String, String) {
     (first.to_owned(), second.to_owned())
@@ -1057,8 +1080,8 @@ macro_rules! store_impl {
                 Agent, AgentRow, AllowedInbound, AuditExtra, AuditRow, ChainAppend, Connection,
                 ConnectionRow, InboundOutcome, InboundRecord, NewMessage, Plan, QueuedMessage,
                 QueuedMessageRow, Revocation, RevocationRow, Store, StoreError, StoreResult,
-                Tenant, TenantRow, TenantScope, chain_key, now_ms, owned, quota_exceeded_fields,
-                sql, to_i64, to_u64,
+                Tenant, TenantRow, TenantScope, accepted, chain_key, now_ms, owned,
+                quota_exceeded_fields, sql, to_i64, to_u64,
             };
             // Tenant administration (issue #5).
             use $crate::connection::REVOKED_CONNECTION;
@@ -1144,26 +1167,6 @@ macro_rules! store_impl {
                         .execute(executor)
                         .await?;
                     Ok(())
-                }
-
-                async fn count_usage<'e>(
-                    executor: impl sqlx::Executor<'e, Database = $db>,
-                    scope: &TenantScope,
-                    period: &str,
-                    cap: Option<u64>,
-                ) -> StoreResult<Option<u64>> {
-                    let cap = match cap {
-                        Some(0) => return Ok(None),
-                        Some(cap) => i64::try_from(cap).unwrap_or(i64::MAX),
-                        None => i64::MAX,
-                    };
-                    let used: Option<i64> = sqlx::query_scalar(sql::COUNT_USAGE_IF_UNDER)
-                        .bind(scope.tenant_id())
-                        .bind(period)
-                        .bind(cap)
-                        .fetch_optional(executor)
-                        .await?;
-                    used.map(|used| to_u64(used, "usage")).transpose()
                 }
 
                 async fn read_usage<'e>(
@@ -1478,10 +1481,16 @@ macro_rules! store_impl {
                     period: &str,
                     cap: Option<u64>,
                 ) -> StoreResult<Option<u64>> {
-                    let mut tx = self.begin_scoped(scope).await?;
-                    let counted = Self::count_usage(&mut *tx, scope, period, cap).await?;
+                    // The row locked, as dispatch counts: at the cap, nothing is written
+                    // (the transaction rolls back when dropped).
+                    let mut tx = self.begin_write(scope).await?;
+                    let used = Self::lock_usage(&mut *tx, scope, period).await?;
+                    if cap.is_some_and(|cap| used >= cap) {
+                        return Ok(None);
+                    }
+                    Self::add_usage(&mut *tx, scope, period, 1).await?;
                     tx.commit().await?;
-                    Ok(counted)
+                    Ok(Some(used + 1))
                 }
 
                 async fn usage(&self, scope: &TenantScope, period: &str) -> StoreResult<u64> {
@@ -1861,11 +1870,8 @@ macro_rules! store_impl {
 
                     // (1) The replay guard: the first record of a new key passes, any
                     // other is a replay.
-                    let keys: BTreeSet<(&str, &str)> = records
-                        .iter()
-                        .zip(&refusals)
-                        .filter(|(_, refusal)| refusal.is_none())
-                        .map(|(record, _)| record.replay_key())
+                    let keys: BTreeSet<(&str, &str)> = accepted(&records, &refusals)
+                        .map(InboundRecord::replay_key)
                         .collect();
                     let keys: Vec<_> = keys.into_iter().collect();
                     let mut new_keys = Self::insert_replays(&mut *tx, &keys).await?;
@@ -1876,39 +1882,31 @@ macro_rules! store_impl {
                     }
 
                     // (2) The chains' locks, in key order, then their heads.
-                    let chains: BTreeSet<(&str, &str)> = records
-                        .iter()
-                        .zip(&refusals)
-                        .filter(|(_, refusal)| refusal.is_none())
-                        .map(|(record, _)| record.chain())
+                    let chains: BTreeSet<(&str, &str)> = accepted(&records, &refusals)
+                        .map(InboundRecord::chain)
                         .collect();
                     let chains: Vec<_> = chains.into_iter().collect();
-                    let mut lock_keys: Vec<String> = chains
+                    let lock_keys: Vec<String> = chains
                         .iter()
                         .map(|(agent_did, connection_id)| {
                             chain_key(scope, agent_did, connection_id)
                         })
                         .collect();
-                    lock_keys.sort();
                     Self::lock_chains(&mut tx, &lock_keys).await?;
                     let mut heads = Self::chain_heads(&mut tx, scope, &chains).await?;
 
                     // (3) Each period's usage row, locked: allowed records are counted in
                     // order while under their plan's cap.
                     let mut usage: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-                    for (record, refusal) in records.iter().zip(&refusals) {
-                        if let (Some(allowed), None) = (&record.allow, refusal) {
-                            if !usage.contains_key(&allowed.period) {
-                                let used =
-                                    Self::lock_usage(&mut *tx, scope, &allowed.period).await?;
-                                usage.insert(allowed.period.clone(), (used, used));
-                            }
+                    for allowed in accepted(&records, &refusals).filter_map(|r| r.allow.as_ref()) {
+                        if !usage.contains_key(&allowed.period) {
+                            let used = Self::lock_usage(&mut *tx, scope, &allowed.period).await?;
+                            usage.insert(allowed.period.clone(), (used, used));
                         }
                     }
 
                     // (4) The audit entries and the queued messages, in order.
                     let mut outcomes = Vec::with_capacity(records.len());
-                    let mut appended = Vec::new();
                     for (record, refusal) in records.iter().zip(refusals) {
                         if let Some(refusal) = refusal {
                             outcomes.push(Err(refusal));
@@ -1938,7 +1936,6 @@ macro_rules! store_impl {
                         let chain = owned(record.chain());
                         let entry = AuditEntry::next(heads.get(&chain), fields)?;
                         heads.insert(chain, entry.clone());
-                        appended.push(entry.clone());
                         outcomes.push(Ok(match (&record.allow, over_quota) {
                             (_, Some((_, used, cap))) => {
                                 InboundOutcome::QuotaExceeded { entry, used, cap }
@@ -1950,13 +1947,13 @@ macro_rules! store_impl {
                     let appends: Vec<ChainAppend<'_>> = records
                         .iter()
                         .zip(&outcomes)
-                        .filter(|(_, outcome)| outcome.is_ok())
-                        .zip(&appended)
-                        .map(|((record, _), entry)| ChainAppend {
-                            agent_did: &record.agent_did,
-                            connection_id: &record.connection_id,
-                            entry,
-                            extra: &record.extra,
+                        .filter_map(|(record, outcome)| {
+                            Some(ChainAppend {
+                                agent_did: &record.agent_did,
+                                connection_id: &record.connection_id,
+                                entry: outcome.as_ref().ok()?.entry(),
+                                extra: &record.extra,
+                            })
                         })
                         .collect();
                     Self::insert_audits(&mut *tx, scope, &appends).await?;
@@ -2226,13 +2223,6 @@ mod sql {
          FROM revocations r WHERE r.tenant_id = c.tenant_id AND r.agent_did = w.agent_did \
          AND r.id = c.connection_id AND r.kind = ";
 
-    /// One statement, so atomic on both backends: the conflicting row is locked (Postgres)
-    /// or the database is (SQLite) while the cap is checked; nothing is written when the
-    /// row is at the cap, and then no row is returned.
-    pub(super) const COUNT_USAGE_IF_UNDER: &str = "INSERT INTO usage (tenant_id, period, \
-         inbound) VALUES ($1, $2, 1) ON CONFLICT (tenant_id, period) \
-         DO UPDATE SET inbound = usage.inbound + 1 WHERE usage.inbound < $3 \
-         RETURNING inbound";
     pub(super) const SELECT_USAGE: &str =
         "SELECT inbound FROM usage WHERE tenant_id = $1 AND period = $2";
 
